@@ -1,1 +1,360 @@
-//! store
+//! Tessera's store: domains, accounts, aliases, mailboxes and messages.
+//!
+//! The only crate that speaks SQL. Callers hold an `Arc<dyn Store>` and never know
+//! which backend is behind it: SQLite (embedded default, [`SqliteStore`]) today,
+//! PostgreSQL later, both implementing [`Store`].
+//!
+//! Standards: RFC 3501 / RFC 9051 (UIDs, UIDVALIDITY, system flags), RFC 6154 (special-use
+//! mailboxes), RFC 7162 (MODSEQ; the expunge log is kept for QRESYNC), RFC 9106 (Argon2id).
+//!
+//! Invariants:
+//! - A message body is written as a content-addressed blob and fsynced (file, then its
+//!   directory) before the index row that refers to it commits. After a crash there may
+//!   be a blob without a row (collected by [`Store::collect_garbage`]), never a row
+//!   without its blob.
+//! - A write is acknowledged only after its transaction committed with `synchronous=FULL`.
+//! - Concurrent mailbox writes are batched by one writer task: a batch shares one
+//!   directory sync and one commit (group commit).
+//! - UIDs in a mailbox are strictly ascending and never reused while UIDVALIDITY holds;
+//!   every change raises the mailbox's MODSEQ.
+//! - Every message and mailbox operation is scoped to an account: a mailbox or message
+//!   of another account is "not found".
+//! - Addresses and domains compare case-insensitively (stored lower-case).
+
+mod blob;
+mod error;
+mod feed;
+pub mod password;
+mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use blob::{BlobHash, BlobStore};
+pub use error::{Result, StoreError};
+pub use feed::{Change, ChangeFeed};
+pub use sqlite::{SqliteStore, WriterStats};
+pub use types::{
+    AccountId, Address, AliasSource, DEFAULT_MAILBOXES, Domain, DomainId, FlagOp, Flags, MailboxId,
+    MessageId, ModSeq, SpecialUse, SystemFlags, Uid, UidValidity,
+};
+
+/// A hosted domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// Row id.
+    pub id: DomainId,
+    /// The name.
+    pub name: Domain,
+    /// How many accounts it has.
+    pub accounts: u64,
+}
+
+/// An account, without its password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Row id.
+    pub id: AccountId,
+    /// The login and primary address.
+    pub address: Address,
+    /// Display name (may be empty).
+    pub display_name: String,
+    /// Quota in bytes; 0 means unlimited.
+    pub quota_bytes: u64,
+    /// Bytes used by the messages of all its mailboxes.
+    pub used_bytes: u64,
+}
+
+/// What `add_account` needs.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The address, whose domain must be hosted.
+    pub address: Address,
+    /// An Argon2id PHC string from [`password::hash_password`].
+    pub password_hash: String,
+    /// Display name.
+    pub display_name: String,
+    /// Quota in bytes; 0 means unlimited.
+    pub quota_bytes: u64,
+}
+
+/// An alias and the accounts it delivers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasInfo {
+    /// The aliased address or catch-all.
+    pub source: AliasSource,
+    /// The accounts' addresses, sorted.
+    pub targets: Vec<Address>,
+}
+
+/// A mailbox's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// Row id.
+    pub id: MailboxId,
+    /// Full hierarchical name with `/` as separator; `INBOX` is always spelled so.
+    pub name: String,
+    /// RFC 6154 attribute.
+    pub special_use: Option<SpecialUse>,
+    /// UIDVALIDITY.
+    pub uid_validity: UidValidity,
+    /// The UID the next message will get.
+    pub uid_next: Uid,
+    /// HIGHESTMODSEQ.
+    pub highest_modseq: ModSeq,
+    /// Whether the mailbox is subscribed.
+    pub subscribed: bool,
+}
+
+/// Counts for IMAP STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxStatus {
+    /// Number of messages.
+    pub messages: u32,
+    /// Messages without `\Seen`.
+    pub unseen: u32,
+    /// Sum of message sizes in bytes (RFC 8438 STATUS SIZE).
+    pub size: u64,
+    /// UIDNEXT.
+    pub uid_next: Uid,
+    /// UIDVALIDITY.
+    pub uid_validity: UidValidity,
+    /// HIGHESTMODSEQ.
+    pub highest_modseq: ModSeq,
+}
+
+/// One message as listed in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// UID in this mailbox.
+    pub uid: Uid,
+    /// The stored body (shared by copies).
+    pub message: MessageId,
+    /// Size in bytes (RFC822.SIZE).
+    pub size: u64,
+    /// INTERNALDATE as Unix seconds.
+    pub internal_date: i64,
+    /// INTERNALDATE's zone offset in minutes east of UTC.
+    pub tz_offset_minutes: i32,
+    /// Flags.
+    pub flags: Flags,
+    /// The message's MODSEQ.
+    pub modseq: ModSeq,
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The raw RFC 5322 bytes, CRLF line endings.
+    pub bytes: Arc<Vec<u8>>,
+    /// Initial flags.
+    pub flags: Flags,
+    /// INTERNALDATE as Unix seconds.
+    pub internal_date: i64,
+    /// INTERNALDATE's zone offset in minutes east of UTC.
+    pub tz_offset_minutes: i32,
+}
+
+impl NewMessage {
+    /// A message with no flags, received now (UTC).
+    pub fn now(bytes: Vec<u8>) -> NewMessage {
+        NewMessage {
+            bytes: Arc::new(bytes),
+            flags: Flags::default(),
+            internal_date: unix_now(),
+            tz_offset_minutes: 0,
+        }
+    }
+}
+
+/// Where an appended message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The account.
+    pub account: AccountId,
+    /// The mailbox.
+    pub mailbox: MailboxId,
+    /// The mailbox's UIDVALIDITY (for APPENDUID, RFC 4315).
+    pub uid_validity: UidValidity,
+    /// The new UID.
+    pub uid: Uid,
+    /// The stored body.
+    pub message: MessageId,
+}
+
+/// A flag change's effect on one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagUpdate {
+    /// The message.
+    pub uid: Uid,
+    /// Its flags afterwards.
+    pub flags: Flags,
+    /// Its MODSEQ afterwards.
+    pub modseq: ModSeq,
+}
+
+/// The result of COPY or MOVE (for COPYUID, RFC 4315).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// UIDVALIDITY of the destination.
+    pub uid_validity: UidValidity,
+    /// (source UID, destination UID) pairs in source UID order.
+    pub uids: Vec<(Uid, Uid)>,
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GarbageReport {
+    /// Message rows no mailbox referred to.
+    pub messages: u64,
+    /// Blob files no message row referred to.
+    pub blobs: u64,
+}
+
+/// The current time as Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The data model's operations. Implemented by every backend; callers use `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // ---- domains ----
+
+    /// Adds a hosted domain. Error if it exists.
+    async fn add_domain(&self, name: &Domain) -> Result<DomainId>;
+    /// Every hosted domain, sorted by name.
+    async fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+    /// Removes a domain; refused while it still has accounts or aliases.
+    async fn remove_domain(&self, name: &Domain) -> Result<()>;
+    /// Whether mail for `name` is accepted here.
+    async fn is_hosted_domain(&self, name: &Domain) -> Result<bool>;
+
+    // ---- accounts ----
+
+    /// Creates an account with the default mailboxes (INBOX, Drafts, Sent, Trash, Junk, Archive).
+    async fn add_account(&self, account: NewAccount) -> Result<AccountId>;
+    /// Accounts, optionally of one domain, sorted by address.
+    async fn list_accounts(&self, domain: Option<&Domain>) -> Result<Vec<AccountInfo>>;
+    /// The account with this address.
+    async fn account(&self, address: &Address) -> Result<Option<AccountInfo>>;
+    /// The account with this id.
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>>;
+    /// Replaces the password hash.
+    async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<()>;
+    /// Deletes an account, its mailboxes and its alias targets.
+    async fn remove_account(&self, address: &Address) -> Result<()>;
+    /// Checks a login: `login` is a full address, or a local part that exactly one
+    /// hosted domain has. Returns the account when the password matches.
+    async fn authenticate(&self, login: &str, password: &str) -> Result<Option<AccountInfo>>;
+
+    // ---- aliases ----
+
+    /// Adds `target` to the accounts that `source` delivers to.
+    async fn add_alias(&self, source: &AliasSource, target: &Address) -> Result<()>;
+    /// Aliases, optionally of one domain.
+    async fn list_aliases(&self, domain: Option<&Domain>) -> Result<Vec<AliasInfo>>;
+    /// Removes one target of an alias, or the whole alias when `target` is None.
+    async fn remove_alias(&self, source: &AliasSource, target: Option<&Address>) -> Result<()>;
+    /// The accounts mail to `address` goes to: the account itself, else its alias
+    /// targets, else the domain's catch-all; empty when none. Each account once.
+    async fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>>;
+    /// Addresses the account may send as: its own and every alias that delivers to it.
+    async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>>;
+
+    // ---- mailboxes ----
+
+    /// The account's mailboxes sorted by name.
+    async fn list_mailboxes(&self, account: AccountId) -> Result<Vec<MailboxInfo>>;
+    /// One mailbox by name (`INBOX` case-insensitively).
+    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<MailboxInfo>>;
+    /// STATUS counts of a mailbox.
+    async fn mailbox_status(&self, account: AccountId, mailbox: MailboxId)
+    -> Result<MailboxStatus>;
+    /// Creates a mailbox.
+    async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<MailboxId>;
+    /// Deletes a mailbox and its messages (INBOX cannot be deleted).
+    async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()>;
+    /// Renames a mailbox and its children (not INBOX; the IMAP layer handles RENAME INBOX).
+    async fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
+    /// Sets the subscription flag of a mailbox name.
+    async fn set_subscribed(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
+
+    // ---- messages ----
+
+    /// Stores a message into one mailbox durably.
+    async fn append(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        message: NewMessage,
+    ) -> Result<Appended>;
+    /// Delivers one message into the INBOX of each account (one blob, one commit);
+    /// one result per account, in order (an account may be over quota).
+    async fn deliver(
+        &self,
+        accounts: &[AccountId],
+        message: NewMessage,
+    ) -> Result<Vec<Result<Appended>>>;
+    /// The messages of a mailbox in UID order.
+    async fn messages(&self, account: AccountId, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// The raw bytes of a stored message of this account.
+    async fn read_message(&self, account: AccountId, message: MessageId) -> Result<Vec<u8>>;
+    /// Changes flags of the given UIDs (missing UIDs are skipped); returns the new state
+    /// of each changed message.
+    async fn store_flags(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+    ) -> Result<Vec<FlagUpdate>>;
+    /// Copies messages to another mailbox of the same account.
+    async fn copy(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Copied>;
+    /// Moves messages (copy and expunge in one transaction, RFC 6851).
+    async fn move_messages(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Copied>;
+    /// Expunges the messages flagged `\Deleted` (only those in `uids` when given), or
+    /// with `force` every message in `uids` regardless of flags (POP3 DELE). Returns the
+    /// expunged UIDs ascending.
+    async fn expunge(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Option<&[Uid]>,
+        force: bool,
+    ) -> Result<Vec<Uid>>;
+
+    // ---- feed and maintenance ----
+
+    /// Subscribes to the account's committed changes.
+    fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Change>;
+    /// Removes message rows no mailbox refers to and blob files older than
+    /// `min_blob_age` that no message row refers to.
+    async fn collect_garbage(&self, min_blob_age: std::time::Duration) -> Result<GarbageReport>;
+    /// Message rows whose blob file is missing (must always be empty).
+    async fn missing_blobs(&self) -> Result<Vec<BlobHash>>;
+}

@@ -1,0 +1,515 @@
+//! One client connection: the stream (plain or TLS), a read buffer, and the facts a session
+//! needs about its peer. No protocol knowledge lives here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::server::TlsStream;
+
+use crate::{NetError, Shutdown};
+
+/// Bytes reserved before a read when the buffer has no room left. Small on purpose: thousands
+/// of idle IMAP sessions each hold one buffer.
+const READ_CHUNK: usize = 2048;
+/// A buffer that grew past this (a long line, a literal) is freed once it is empty again.
+const SHRINK_ABOVE: usize = 16 * 1024;
+/// Cap on the first allocation of [`Connection::read_exact_bytes`], whatever the client claims.
+const EXACT_PREALLOC: usize = 64 * 1024;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-wide unique connection id (for logs and correlation ids).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What [`Connection::read_line`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEvent {
+    /// One line, raw, including its terminator (`\r\n` or a bare `\n`): the protocol decides
+    /// whether a bare LF is acceptable (RFC 5321 §2.3.8 says it is not for SMTP).
+    Line(Vec<u8>),
+    /// The line was longer than `max_len`. It has been read and discarded up to and including
+    /// its LF, so the session can answer an error and read the next command.
+    TooLong,
+    /// The client closed the connection. A partial line, if any, stays in
+    /// [`Connection::buffer`].
+    Eof,
+    /// Shutdown began while the session was waiting between commands (empty buffer).
+    Shutdown,
+    /// No complete line arrived within the idle timeout.
+    Timeout,
+}
+
+/// What [`Connection::fill_buf`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillEvent {
+    /// This many bytes were appended to the buffer.
+    Read(usize),
+    /// The client closed the connection.
+    Eof,
+    /// Shutdown began while the buffer was empty.
+    Shutdown,
+    /// Nothing arrived within the idle timeout.
+    Timeout,
+}
+
+/// Facts about an established TLS session, for logs and `Received:` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `"TLSv1.3"` or `"TLSv1.2"`.
+    pub version: String,
+    /// IANA-style suite name, e.g. `"TLS13_AES_256_GCM_SHA384"`.
+    pub cipher: String,
+    /// The host name the client asked for (SNI), if it sent one.
+    pub sni: Option<String>,
+}
+
+impl TlsInfo {
+    fn from_session(session: &rustls::ServerConnection) -> TlsInfo {
+        let version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            Some(other) => format!("{other:?}"),
+            None => "unknown".to_owned(),
+        };
+        let cipher = match session.negotiated_cipher_suite() {
+            Some(suite) => match suite.suite().as_str() {
+                Some(name) => name.to_owned(),
+                None => format!("{:?}", suite.suite()),
+            },
+            None => "unknown".to_owned(),
+        };
+        TlsInfo {
+            version,
+            cipher,
+            sni: session.server_name().map(str::to_owned),
+        }
+    }
+}
+
+/// The transport under a [`Connection`].
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// The TCP stream was handed to a STARTTLS handshake that failed; all I/O fails.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// One client connection, owned by its session task.
+///
+/// Reads are line- or byte-count-oriented and never run ahead of what the session asks for by
+/// more than one socket read; whatever arrived beyond the current command waits in the buffer.
+pub struct Connection {
+    /// The socket, plain or TLS.
+    stream: Stream,
+    /// Bytes received and not yet handed to the session. Starts unallocated.
+    buf: BytesMut,
+    /// The client's address (IPv4-mapped IPv6 addresses are kept as they came).
+    peer: SocketAddr,
+    /// Our address the client connected to.
+    local: SocketAddr,
+    /// Process-wide unique id, also in the tracing span.
+    id: u64,
+    /// How long a read (one whole line) or a write may take.
+    idle_timeout: Duration,
+    /// How long a TLS handshake may take.
+    handshake_timeout: Duration,
+    /// Server shutdown signal.
+    shutdown: Shutdown,
+    /// Set once TLS is up.
+    tls_info: Option<Box<TlsInfo>>,
+    /// The configuration to offer STARTTLS with, on `TlsMode::StartTls` listeners.
+    starttls: Option<Arc<rustls::ServerConfig>>,
+    /// The `conn` span this session runs in.
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("tls", &self.tls_info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Wraps an accepted plain TCP stream. [`serve`](crate::serve) does this for you; it is
+    /// public so protocol crates can build a session over a socket of their own in tests.
+    pub fn new_plain(
+        tcp: TcpStream,
+        idle_timeout: Duration,
+        handshake_timeout: Duration,
+        shutdown: Shutdown,
+    ) -> io::Result<Connection> {
+        let peer = tcp.peer_addr()?;
+        let local = tcp.local_addr()?;
+        Ok(Connection::from_parts(
+            Stream::Plain(tcp),
+            peer,
+            local,
+            next_id(),
+            idle_timeout,
+            handshake_timeout,
+            shutdown,
+            tracing::Span::current(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)] // private constructor; every field is needed
+    fn from_parts(
+        stream: Stream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        id: u64,
+        idle_timeout: Duration,
+        handshake_timeout: Duration,
+        shutdown: Shutdown,
+        span: tracing::Span,
+    ) -> Connection {
+        let tls_info = match &stream {
+            Stream::Tls(tls) => Some(Box::new(TlsInfo::from_session(tls.get_ref().1))),
+            _ => None,
+        };
+        Connection {
+            stream,
+            buf: BytesMut::new(),
+            peer,
+            local,
+            id,
+            idle_timeout,
+            handshake_timeout,
+            shutdown,
+            tls_info,
+            starttls: None,
+            span,
+        }
+    }
+
+    /// For [`serve`](crate::serve): `addrs` is (peer, local), `timeouts` is (idle, handshake).
+    pub(crate) fn accepted(
+        stream: Stream,
+        addrs: (SocketAddr, SocketAddr),
+        id: u64,
+        timeouts: (Duration, Duration),
+        shutdown: Shutdown,
+        span: tracing::Span,
+    ) -> Connection {
+        Connection::from_parts(
+            stream, addrs.0, addrs.1, id, timeouts.0, timeouts.1, shutdown, span,
+        )
+    }
+
+    pub(crate) fn set_starttls_config(&mut self, config: Option<Arc<rustls::ServerConfig>>) {
+        self.starttls = config;
+    }
+
+    /// Reads one line of at most `max_len` bytes (terminator included).
+    ///
+    /// The whole line must arrive within the idle timeout. [`ReadEvent::Shutdown`] is returned
+    /// only when shutdown has begun and nothing of a next command has arrived; a half-received
+    /// line is still read to its end.
+    pub async fn read_line(&mut self, max_len: usize) -> Result<ReadEvent, NetError> {
+        let deadline = Instant::now() + self.idle_timeout;
+        // Bytes of the buffer already known to hold no LF.
+        let mut scanned = 0;
+        // Set once the current line is known to be too long; its bytes are being dropped.
+        let mut discarding = false;
+        loop {
+            if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + pos + 1;
+                if discarding || end > max_len {
+                    self.consume(end);
+                    return Ok(ReadEvent::TooLong);
+                }
+                let line = self.buf.split_to(end).to_vec();
+                self.shrink_if_idle();
+                return Ok(ReadEvent::Line(line));
+            }
+            if discarding || self.buf.len() >= max_len {
+                // No LF within max_len bytes: the line is too long whatever follows. Keep
+                // memory bounded by dropping what we have and reading on to the LF.
+                discarding = true;
+                self.buf.clear();
+                scanned = 0;
+            } else {
+                scanned = self.buf.len();
+            }
+            let may_stop = !discarding && self.buf.is_empty();
+            match self.fill_until(deadline, may_stop).await? {
+                FillEvent::Read(_) => {}
+                FillEvent::Eof => return Ok(ReadEvent::Eof),
+                FillEvent::Shutdown => return Ok(ReadEvent::Shutdown),
+                FillEvent::Timeout => return Ok(ReadEvent::Timeout),
+            }
+        }
+    }
+
+    /// Reads exactly `n` bytes (an IMAP literal, a BDAT chunk), taking buffered bytes first.
+    /// Returns `None` if the client closed the connection first. The idle timeout applies to
+    /// each wait for more bytes, not to the whole transfer. The caller enforces its size limit
+    /// on `n` before calling; memory grows with the bytes actually received, not with `n`.
+    pub async fn read_exact_bytes(&mut self, n: usize) -> Result<Option<Vec<u8>>, NetError> {
+        let mut out = Vec::with_capacity(n.min(EXACT_PREALLOC));
+        while out.len() < n {
+            if self.buf.is_empty() {
+                let deadline = Instant::now() + self.idle_timeout;
+                match self.fill_until(deadline, false).await? {
+                    FillEvent::Read(_) => {}
+                    FillEvent::Eof => return Ok(None),
+                    FillEvent::Timeout => return Err(NetError::Timeout),
+                    // Not reachable with `may_stop == false`; treat as a closed stream.
+                    FillEvent::Shutdown => return Ok(None),
+                }
+            }
+            let take = self.buf.len().min(n - out.len());
+            out.extend_from_slice(&self.buf[..take]);
+            self.buf.advance(take);
+        }
+        self.shrink_if_idle();
+        Ok(Some(out))
+    }
+
+    /// Appends the next bytes from the socket to [`buffer`](Self::buffer), waiting at most the
+    /// idle timeout. For codecs that parse from the buffer and ask for more when their input is
+    /// incomplete; such a caller bounds the buffer's size itself. [`FillEvent::Shutdown`] comes
+    /// only while the buffer is empty.
+    pub async fn fill_buf(&mut self) -> Result<FillEvent, NetError> {
+        let deadline = Instant::now() + self.idle_timeout;
+        let may_stop = self.buf.is_empty();
+        self.fill_until(deadline, may_stop).await
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` buffered bytes (all of them if fewer are buffered).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
+        self.shrink_if_idle();
+    }
+
+    /// One socket read into the buffer, until `deadline`. With `may_stop`, returns
+    /// [`FillEvent::Shutdown`] as soon as shutdown has begun.
+    async fn fill_until(&mut self, deadline: Instant, may_stop: bool) -> Result<FillEvent, NetError> {
+        if may_stop && self.shutdown.is_triggered() {
+            return Ok(FillEvent::Shutdown);
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let read = timeout_at(deadline, self.stream.read_buf(&mut self.buf));
+        let result = if may_stop {
+            tokio::select! {
+                biased;
+                result = read => result,
+                () = self.shutdown.triggered() => return Ok(FillEvent::Shutdown),
+            }
+        } else {
+            read.await
+        };
+        match result {
+            Err(_elapsed) => Ok(FillEvent::Timeout),
+            Ok(Ok(0)) => Ok(FillEvent::Eof),
+            Ok(Ok(n)) => Ok(FillEvent::Read(n)),
+            Ok(Err(err)) => Err(NetError::Io(err)),
+        }
+    }
+
+    /// Frees a buffer that grew big once it is empty, so idle sessions stay small.
+    fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Writes `bytes` (buffered inside TLS until [`flush`](Self::flush)). Fails with
+    /// [`NetError::Timeout`] if the client does not take them within the idle timeout.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        match timeout(self.idle_timeout, self.stream.write_all(bytes)).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => Err(NetError::Timeout),
+        }
+    }
+
+    /// Sends everything written so far.
+    pub async fn flush(&mut self) -> Result<(), NetError> {
+        match timeout(self.idle_timeout, self.stream.flush()).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => Err(NetError::Timeout),
+        }
+    }
+
+    /// Flushes, sends TLS close_notify if TLS is up, and half-closes the socket. Errors are
+    /// ignored: the session is over either way.
+    pub async fn close(&mut self) {
+        let _ = timeout(self.idle_timeout, self.stream.shutdown()).await;
+    }
+
+    /// Upgrades the connection to TLS (SMTP STARTTLS, IMAP STARTTLS, POP3 STLS). The session
+    /// sends its "go ahead" reply and flushes *before* calling this.
+    ///
+    /// RFC 3207 §4.2, RFC 2595 §3.1, RFC 3501 §6.2.1: anything the client sent after the
+    /// command and before the handshake is discarded here, never interpreted as if it had come
+    /// under TLS. The session must also forget what it learned before (EHLO, capabilities).
+    /// On a handshake error the connection is unusable and must be dropped.
+    pub async fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), NetError> {
+        if self.is_tls() {
+            return Err(NetError::AlreadyTls);
+        }
+        if !self.buf.is_empty() {
+            tracing::debug!(
+                bytes = self.buf.len(),
+                "discarding plaintext pipelined before TLS handshake"
+            );
+        }
+        self.buf = BytesMut::new();
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(NetError::Closed);
+        };
+        let tls = handshake(tcp, config, self.handshake_timeout).await?;
+        self.tls_info = Some(Box::new(TlsInfo::from_session(tls.get_ref().1)));
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// TLS facts, once TLS is up.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.as_deref()
+    }
+
+    /// The configuration to offer STARTTLS with: `Some` on a `TlsMode::StartTls` listener that
+    /// was given a TLS configuration and while TLS is not yet up. A session advertises
+    /// STARTTLS exactly when this is `Some`.
+    pub fn starttls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        if self.is_tls() {
+            None
+        } else {
+            self.starttls.clone()
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The local address the client connected to.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Process-wide unique connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The idle timeout in force.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Changes the idle timeout (IMAP IDLE wants 30 minutes: RFC 2177 §3).
+    pub fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.idle_timeout = timeout;
+    }
+
+    /// Whether server shutdown has begun.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// The shutdown handle; clone it to `select!` on [`Shutdown::triggered`] while also
+    /// borrowing the connection mutably.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The `conn` span this session runs in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records the authenticated user in the connection's span.
+    pub fn set_user(&self, user: &str) {
+        self.span.record("user", user);
+    }
+}
+
+/// Server side of a TLS handshake, bounded by `limit`.
+pub(crate) async fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    limit: Duration,
+) -> Result<TlsStream<TcpStream>, NetError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(err)) => Err(NetError::Handshake(err)),
+        Err(_elapsed) => Err(NetError::HandshakeTimeout),
+    }
+}

@@ -1,0 +1,1843 @@
+//! The SQLite backend (embedded default): WAL, `synchronous=FULL`, one writer task doing
+//! group commit for mailbox writes, a small pool for reads.
+//!
+//! Group commit: every mailbox write becomes a [`Job`] on a channel. The writer takes
+//! all jobs waiting (up to [`MAX_BATCH`]), fsyncs the blob directories they need once,
+//! runs each job inside its own SAVEPOINT (so one failing job does not fail the
+//! others) and commits the batch with one transaction, i.e. one WAL fsync. Only then
+//! are the callers answered and the change feed published.
+//!
+//! Administrative writes (domains, accounts, aliases) are rare and run in their own
+//! `BEGIN IMMEDIATE` transactions from the pool; SQLite's busy timeout serialises them
+//! with the writer and with other processes (the CLI while the server runs).
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::blob::{BlobHash, BlobStore, WrittenBlob};
+use crate::error::{Result, StoreError};
+use crate::feed::{Change, ChangeFeed};
+use crate::types::*;
+use crate::{
+    AccountInfo, AliasInfo, Appended, Copied, DomainInfo, FlagUpdate, GarbageReport, MailboxInfo,
+    MailboxStatus, MessageMeta, NewAccount, NewMessage, Store, password, unix_now,
+};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer before callers wait for room (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Longest mailbox name, in bytes.
+const MAX_MAILBOX_NAME: usize = 512;
+/// Most mailboxes per account.
+const MAX_MAILBOXES: i64 = 10_000;
+
+const SCHEMA: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// The SQLite store of one data directory (`tessera.db` and `blobs/`).
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: mpsc::Sender<Job>,
+    blobs: Arc<BlobStore>,
+    feed: Arc<ChangeFeed>,
+    stats: Arc<WriterStats>,
+}
+
+/// Counters of the group-commit writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed by the writer.
+    pub commits: AtomicU64,
+    /// Jobs those transactions carried.
+    pub jobs: AtomicU64,
+}
+
+impl SqliteStore {
+    /// The writer's counters: `jobs / commits` is the average batch size.
+    pub fn writer_stats(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.jobs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Opens (creating and migrating if needed) the store in `data_dir`.
+    pub async fn open(data_dir: &Path) -> Result<Arc<SqliteStore>> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Blob {
+            path: data_dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let blobs = Arc::new(BlobStore::open(&data_dir.join("blobs"))?);
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("tessera.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let mut writer_conn = SqliteConnection::connect_with(&options).await?;
+        migrate(&mut writer_conn).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        let feed = Arc::new(ChangeFeed::default());
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(WriterStats::default());
+        tokio::spawn(writer_loop(
+            writer_conn,
+            rx,
+            blobs.clone(),
+            feed.clone(),
+            stats.clone(),
+        ));
+        Ok(Arc::new(SqliteStore {
+            pool,
+            writer: tx,
+            blobs,
+            feed,
+            stats,
+        }))
+    }
+
+    /// Sends a job to the writer and waits for its committed result.
+    async fn submit(&self, op: Op) -> Result<Output> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes a message body as a blob on a blocking thread.
+    async fn write_blob(&self, bytes: Arc<Vec<u8>>) -> Result<WrittenBlob> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.write(&bytes))
+            .await
+            .map_err(|e| StoreError::Database(format!("blob writer task: {e}")))?
+    }
+
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn domain_id(&self, name: &Domain) -> Result<DomainId> {
+        let row = sqlx::query("SELECT id FROM domains WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(DomainId(r.try_get(0)?)),
+            None => Err(StoreError::NotFound(format!(
+                "domain {name} is not hosted here"
+            ))),
+        }
+    }
+}
+
+/// Applies the schema migrations that `PRAGMA user_version` says are missing.
+async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result: Result<()> = async {
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *conn)
+            .await?;
+        let current = usize::try_from(version).unwrap_or(0);
+        if current > SCHEMA.len() {
+            return Err(StoreError::Database(format!(
+                "database schema version {current} is newer than this Tessera ({})",
+                SCHEMA.len()
+            )));
+        }
+        for (i, sql) in SCHEMA.iter().enumerate().skip(current) {
+            sqlx::raw_sql(*sql).execute(&mut *conn).await?;
+            let set = format!("PRAGMA user_version = {}", i + 1);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The writer: jobs, batching, group commit.
+// ---------------------------------------------------------------------------
+
+/// A mailbox write waiting for the writer.
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Output>>,
+}
+
+/// The mailbox writes the writer performs.
+enum Op {
+    Append {
+        account: AccountId,
+        mailbox: MailboxId,
+        blob: WrittenBlob,
+        message: NewMessage,
+    },
+    Deliver {
+        accounts: Vec<AccountId>,
+        blob: WrittenBlob,
+        message: NewMessage,
+    },
+    StoreFlags {
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+        op: FlagOp,
+        flags: Flags,
+    },
+    Copy {
+        account: AccountId,
+        from: MailboxId,
+        to: MailboxId,
+        uids: Vec<Uid>,
+        remove_source: bool,
+    },
+    Expunge {
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Option<Vec<Uid>>,
+        force: bool,
+    },
+    CreateMailbox {
+        account: AccountId,
+        name: String,
+        special_use: Option<SpecialUse>,
+    },
+    DeleteMailbox {
+        account: AccountId,
+        name: String,
+    },
+    RenameMailbox {
+        account: AccountId,
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        account: AccountId,
+        name: String,
+        subscribed: bool,
+    },
+}
+
+impl Op {
+    fn blob_dir(&self) -> Option<&Path> {
+        match self {
+            Op::Append { blob, .. } | Op::Deliver { blob, .. } => Some(&blob.dir),
+            _ => None,
+        }
+    }
+}
+
+/// What a job returns.
+enum Output {
+    Appended(Appended),
+    Delivered(Vec<Result<Appended>>),
+    Flags(Vec<FlagUpdate>),
+    Copied(Copied),
+    Expunged(Vec<Uid>),
+    Mailbox(MailboxId),
+    Done,
+}
+
+/// Changes a job made, published after the batch commits.
+type Events = Vec<(AccountId, Change)>;
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    blobs: Arc<BlobStore>,
+    feed: Arc<ChangeFeed>,
+    stats: Arc<WriterStats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let jobs = batch.len() as u64;
+        if run_batch(&mut conn, batch, &blobs, &feed).await {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(jobs, Ordering::Relaxed);
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Runs one batch; returns whether it committed.
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    batch: Vec<Job>,
+    blobs: &Arc<BlobStore>,
+    feed: &ChangeFeed,
+) -> bool {
+    // 1. The blobs' directory entries become durable before any row refers to them.
+    let dirs: Vec<PathBuf> = batch
+        .iter()
+        .filter_map(|j| j.op.blob_dir().map(Path::to_path_buf))
+        .collect();
+    if !dirs.is_empty() {
+        let blobs = blobs.clone();
+        let synced =
+            tokio::task::spawn_blocking(move || blobs.sync_dirs(dirs.iter().map(PathBuf::as_path)))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Database(format!("sync task: {e}"))));
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "cannot sync blob directories; failing batch");
+            fail_all(batch, e);
+            return false;
+        }
+    }
+    // 2. One transaction, one savepoint per job.
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        fail_all(batch, e.into());
+        return false;
+    }
+    let mut done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> =
+        Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut events = Events::new();
+        let result = match savepoint(conn, "job").await {
+            Ok(()) => {
+                let r = apply(conn, job.op, &mut events).await;
+                let end = if r.is_ok() {
+                    release(conn, "job").await
+                } else {
+                    rollback_to(conn, "job").await
+                };
+                match end {
+                    Ok(()) => r,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            events.clear();
+        }
+        done.push((job.reply, result, events));
+    }
+    // 3. Commit: one WAL fsync for the whole batch.
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        tracing::error!(error = %e, "batch commit failed");
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let e: StoreError = e.into();
+        for (reply, _, _) in done {
+            let _ = reply.send(Err(e.clone_shallow()));
+        }
+        return false;
+    }
+    // 4. Answer and publish.
+    for (reply, result, events) in done {
+        for (account, change) in events {
+            feed.publish(account, [change]);
+        }
+        let _ = reply.send(result);
+    }
+    true
+}
+
+fn fail_all(batch: Vec<Job>, e: StoreError) {
+    for job in batch {
+        let _ = job.reply.send(Err(e.clone_shallow()));
+    }
+}
+
+impl StoreError {
+    /// A copy for fanning one failure out to several callers.
+    fn clone_shallow(&self) -> StoreError {
+        match self {
+            StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+            StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
+            StoreError::AlreadyExists(s) => StoreError::AlreadyExists(s.clone()),
+            StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+            StoreError::QuotaExceeded { used, quota, size } => StoreError::QuotaExceeded {
+                used: *used,
+                quota: *quota,
+                size: *size,
+            },
+            StoreError::Blob { path, message } => StoreError::Blob {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            StoreError::Database(s) => StoreError::Database(s.clone()),
+            StoreError::Closed => StoreError::Closed,
+        }
+    }
+}
+
+async fn savepoint(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
+    let sql = match name {
+        "job" => "SAVEPOINT job",
+        _ => "SAVEPOINT inner",
+    };
+    sqlx::query(sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn release(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
+    let sql = match name {
+        "job" => "RELEASE job",
+        _ => "RELEASE inner",
+    };
+    sqlx::query(sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn rollback_to(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
+    let (rollback, rel) = match name {
+        "job" => ("ROLLBACK TO job", "RELEASE job"),
+        _ => ("ROLLBACK TO inner", "RELEASE inner"),
+    };
+    sqlx::query(rollback).execute(&mut *conn).await?;
+    sqlx::query(rel).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Result<Output> {
+    match op {
+        Op::Append {
+            account,
+            mailbox,
+            blob,
+            message,
+        } => {
+            let appended = append_one(conn, account, mailbox, &blob.hash, &message, events).await?;
+            Ok(Output::Appended(appended))
+        }
+        Op::Deliver {
+            accounts,
+            blob,
+            message,
+        } => {
+            let mut results = Vec::with_capacity(accounts.len());
+            for account in accounts {
+                savepoint(conn, "inner").await?;
+                let mut mine = Events::new();
+                let r = async {
+                    let inbox = inbox_id(conn, account).await?;
+                    append_one(conn, account, inbox, &blob.hash, &message, &mut mine).await
+                }
+                .await;
+                if r.is_ok() {
+                    release(conn, "inner").await?;
+                    events.append(&mut mine);
+                } else {
+                    rollback_to(conn, "inner").await?;
+                }
+                results.push(r);
+            }
+            Ok(Output::Delivered(results))
+        }
+        Op::StoreFlags {
+            account,
+            mailbox,
+            uids,
+            op,
+            flags,
+        } => store_flags(conn, account, mailbox, &uids, op, &flags, events)
+            .await
+            .map(Output::Flags),
+        Op::Copy {
+            account,
+            from,
+            to,
+            uids,
+            remove_source,
+        } => copy(conn, account, from, to, &uids, remove_source, events)
+            .await
+            .map(Output::Copied),
+        Op::Expunge {
+            account,
+            mailbox,
+            uids,
+            force,
+        } => expunge(conn, account, mailbox, uids.as_deref(), force, events)
+            .await
+            .map(Output::Expunged),
+        Op::CreateMailbox {
+            account,
+            name,
+            special_use,
+        } => {
+            let id = create_mailbox(conn, account, &name, special_use).await?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Mailbox(id))
+        }
+        Op::DeleteMailbox { account, name } => {
+            delete_mailbox(conn, account, &name).await?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::RenameMailbox { account, from, to } => {
+            rename_mailbox(conn, account, &from, &to).await?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::Subscribe {
+            account,
+            name,
+            subscribed,
+        } => {
+            let name = normalize_mailbox_name(&name)?;
+            let changed = sqlx::query(
+                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
+            )
+            .bind(subscribed)
+            .bind(account.0)
+            .bind(&name)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("no mailbox {name}")));
+            }
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+    }
+}
+
+/// A mailbox's counters, read inside the writer's transaction.
+struct Counters {
+    uid_validity: UidValidity,
+    uid_next: u32,
+    modseq: u64,
+}
+
+async fn counters(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    mailbox: MailboxId,
+) -> Result<Counters> {
+    let row = sqlx::query(
+        "SELECT uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = ? AND account_id = ?",
+    )
+    .bind(mailbox.0)
+    .bind(account.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound("no such mailbox".into()))?;
+    Ok(Counters {
+        uid_validity: UidValidity(int(row.try_get(0)?)?),
+        uid_next: int(row.try_get(1)?)?,
+        modseq: int(row.try_get(2)?)?,
+    })
+}
+
+async fn set_counters(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uid_next: u32,
+    modseq: u64,
+) -> Result<()> {
+    sqlx::query("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?")
+        .bind(i64::from(uid_next))
+        .bind(db_u64(modseq)?)
+        .bind(mailbox.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn inbox_id(conn: &mut SqliteConnection, account: AccountId) -> Result<MailboxId> {
+    let id: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = 'INBOX'")
+            .bind(account.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    id.map(MailboxId)
+        .ok_or_else(|| StoreError::NotFound(format!("account {account} has no INBOX")))
+}
+
+/// Adds `size` bytes to the account's usage, refusing when over quota.
+async fn charge(conn: &mut SqliteConnection, account: AccountId, size: u64) -> Result<()> {
+    let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")
+        .bind(account.0)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no account {account}")))?;
+    let quota: u64 = int(row.try_get(0)?)?;
+    let used: u64 = int(row.try_get(1)?)?;
+    if quota > 0 && used.saturating_add(size) > quota {
+        return Err(StoreError::QuotaExceeded { used, quota, size });
+    }
+    sqlx::query("UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?")
+        .bind(db_u64(size)?)
+        .bind(account.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn refund(conn: &mut SqliteConnection, account: AccountId, size: u64) -> Result<()> {
+    sqlx::query("UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?) WHERE id = ?")
+        .bind(db_u64(size)?)
+        .bind(account.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn append_one(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    mailbox: MailboxId,
+    hash: &BlobHash,
+    message: &NewMessage,
+    events: &mut Events,
+) -> Result<Appended> {
+    let c = counters(conn, account, mailbox).await?;
+    let size = message.bytes.len() as u64;
+    charge(conn, account, size).await?;
+    let message_id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (account_id, blob_hash, size, internal_date, tz_offset) VALUES (?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(account.0)
+    .bind(hash.to_hex())
+    .bind(db_u64(size)?)
+    .bind(message.internal_date)
+    .bind(message.tz_offset_minutes)
+    .fetch_one(&mut *conn)
+    .await?;
+    let uid = Uid(c.uid_next);
+    let next = c
+        .uid_next
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Conflict("mailbox UIDs exhausted".into()))?;
+    let modseq = c.modseq + 1;
+    sqlx::query(
+        "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(mailbox.0)
+    .bind(i64::from(uid.0))
+    .bind(message_id)
+    .bind(i64::from(message.flags.system.0))
+    .bind(message.flags.keywords_text())
+    .bind(db_u64(modseq)?)
+    .execute(&mut *conn)
+    .await?;
+    set_counters(conn, mailbox, next, modseq).await?;
+    events.push((
+        account,
+        Change::Appended {
+            mailbox,
+            uid,
+            modseq: ModSeq(modseq),
+        },
+    ));
+    Ok(Appended {
+        account,
+        mailbox,
+        uid_validity: c.uid_validity,
+        uid,
+        message: MessageId(message_id),
+    })
+}
+
+fn sorted_unique(uids: &[Uid]) -> Vec<Uid> {
+    uids.iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+async fn store_flags(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    mailbox: MailboxId,
+    uids: &[Uid],
+    op: FlagOp,
+    flags: &Flags,
+    events: &mut Events,
+) -> Result<Vec<FlagUpdate>> {
+    let c = counters(conn, account, mailbox).await?;
+    let modseq = c.modseq + 1;
+    let mut updates = Vec::new();
+    for uid in sorted_unique(uids) {
+        let row = sqlx::query(
+            "SELECT flags, keywords FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?",
+        )
+        .bind(mailbox.0)
+        .bind(i64::from(uid.0))
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { continue };
+        let old = Flags::from_stored(row.try_get(0)?, row.try_get::<&str, _>(1)?);
+        let mut new = old.clone();
+        match op {
+            FlagOp::Replace => new = flags.clone(),
+            FlagOp::Add => {
+                new.system.0 |= flags.system.0;
+                new.keywords.extend(flags.keywords.iter().cloned());
+            }
+            FlagOp::Remove => {
+                new.system.0 &= !flags.system.0;
+                new.keywords.retain(|k| !flags.keywords.contains(k));
+            }
+        }
+        if new.keywords.len() > MAX_KEYWORDS {
+            return Err(StoreError::Invalid(format!(
+                "more than {MAX_KEYWORDS} keywords on one message"
+            )));
+        }
+        if new == old {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE mailbox_messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+        )
+        .bind(i64::from(new.system.0))
+        .bind(new.keywords_text())
+        .bind(db_u64(modseq)?)
+        .bind(mailbox.0)
+        .bind(i64::from(uid.0))
+        .execute(&mut *conn)
+        .await?;
+        events.push((
+            account,
+            Change::FlagsChanged {
+                mailbox,
+                uid,
+                modseq: ModSeq(modseq),
+            },
+        ));
+        updates.push(FlagUpdate {
+            uid,
+            flags: new,
+            modseq: ModSeq(modseq),
+        });
+    }
+    if !updates.is_empty() {
+        set_counters(conn, mailbox, c.uid_next, modseq).await?;
+    }
+    Ok(updates)
+}
+
+async fn copy(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    from: MailboxId,
+    to: MailboxId,
+    uids: &[Uid],
+    remove_source: bool,
+    events: &mut Events,
+) -> Result<Copied> {
+    let src = counters(conn, account, from).await?;
+    let dst = counters(conn, account, to).await?;
+    if from == to && remove_source {
+        return Err(StoreError::Invalid(
+            "cannot move messages into the same mailbox".into(),
+        ));
+    }
+    let mut next = dst.uid_next;
+    let dst_modseq = dst.modseq + 1;
+    let mut pairs = Vec::new();
+    for uid in sorted_unique(uids) {
+        let row = sqlx::query(
+            "SELECT mm.message_id, mm.flags, mm.keywords, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? AND mm.uid = ?",
+        )
+        .bind(from.0)
+        .bind(i64::from(uid.0))
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { continue };
+        let message_id: i64 = row.try_get(0)?;
+        let size: u64 = int(row.try_get(3)?)?;
+        if !remove_source {
+            // A move neither adds nor frees space; a copy does add.
+            charge(conn, account, size).await?;
+        }
+        let new_uid = Uid(next);
+        next = next
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Conflict("mailbox UIDs exhausted".into()))?;
+        sqlx::query(
+            "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to.0)
+        .bind(i64::from(new_uid.0))
+        .bind(message_id)
+        .bind(row.try_get::<i64, _>(1)?)
+        .bind(row.try_get::<&str, _>(2)?)
+        .bind(db_u64(dst_modseq)?)
+        .execute(&mut *conn)
+        .await?;
+        events.push((
+            account,
+            Change::Appended {
+                mailbox: to,
+                uid: new_uid,
+                modseq: ModSeq(dst_modseq),
+            },
+        ));
+        pairs.push((uid, new_uid));
+    }
+    if !pairs.is_empty() {
+        set_counters(conn, to, next, dst_modseq).await?;
+    }
+    if remove_source && !pairs.is_empty() {
+        let modseq = src.modseq + 1;
+        for (uid, _) in &pairs {
+            remove_from_mailbox(conn, from, *uid, modseq).await?;
+            events.push((
+                account,
+                Change::Expunged {
+                    mailbox: from,
+                    uid: *uid,
+                    modseq: ModSeq(modseq),
+                },
+            ));
+        }
+        set_counters(conn, from, src.uid_next, modseq).await?;
+    }
+    Ok(Copied {
+        uid_validity: dst.uid_validity,
+        uids: pairs,
+    })
+}
+
+async fn remove_from_mailbox(
+    conn: &mut SqliteConnection,
+    mailbox: MailboxId,
+    uid: Uid,
+    modseq: u64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?")
+        .bind(mailbox.0)
+        .bind(i64::from(uid.0))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)")
+        .bind(mailbox.0)
+        .bind(i64::from(uid.0))
+        .bind(db_u64(modseq)?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn expunge(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    mailbox: MailboxId,
+    only: Option<&[Uid]>,
+    force: bool,
+    events: &mut Events,
+) -> Result<Vec<Uid>> {
+    let c = counters(conn, account, mailbox).await?;
+    let rows = sqlx::query(
+        "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? ORDER BY mm.uid",
+    )
+    .bind(mailbox.0)
+    .fetch_all(&mut *conn)
+    .await?;
+    let only: Option<HashSet<Uid>> = only.map(|u| u.iter().copied().collect());
+    let modseq = c.modseq + 1;
+    let mut expunged = Vec::new();
+    let mut freed = 0u64;
+    for row in rows {
+        let uid = Uid(int(row.try_get(0)?)?);
+        let flags = SystemFlags(u8::try_from(row.try_get::<i64, _>(1)? & 0x1f).unwrap_or(0));
+        let size: u64 = int(row.try_get(2)?)?;
+        let selected = only.as_ref().is_none_or(|set| set.contains(&uid));
+        let deleted = force || flags.contains(SystemFlags::DELETED);
+        if !(selected && deleted) {
+            continue;
+        }
+        remove_from_mailbox(conn, mailbox, uid, modseq).await?;
+        freed += size;
+        events.push((
+            account,
+            Change::Expunged {
+                mailbox,
+                uid,
+                modseq: ModSeq(modseq),
+            },
+        ));
+        expunged.push(uid);
+    }
+    if !expunged.is_empty() {
+        set_counters(conn, mailbox, c.uid_next, modseq).await?;
+        refund(conn, account, freed).await?;
+    }
+    Ok(expunged)
+}
+
+/// Validates a mailbox name and spells INBOX canonically.
+///
+/// Names use `/` as hierarchy separator; refused: empty names or levels, leading or
+/// trailing `/`, `.` and `..` levels, control characters, and names over 512 bytes.
+pub(crate) fn normalize_mailbox_name(name: &str) -> Result<String> {
+    let bad = |why: &str| StoreError::Invalid(format!("invalid mailbox name {name:?}: {why}"));
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if name.len() > MAX_MAILBOX_NAME {
+        return Err(bad("too long"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad("control characters"));
+    }
+    if name
+        .split('/')
+        .any(|level| level.is_empty() || level == "." || level == "..")
+    {
+        return Err(bad("empty, '.' or '..' hierarchy level"));
+    }
+    if name.eq_ignore_ascii_case("INBOX") {
+        return Ok("INBOX".into());
+    }
+    if name.len() > 6 && name[..6].eq_ignore_ascii_case("INBOX/") {
+        return Ok(format!("INBOX/{}", &name[6..]));
+    }
+    Ok(name.to_string())
+}
+
+/// A UIDVALIDITY never given before in this database (RFC 3501 §2.3.1.1: a recreated
+/// mailbox must get a new one).
+async fn next_uid_validity(conn: &mut SqliteConnection) -> Result<u32> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT MAX(uidvalidity) FROM mailboxes")
+        .fetch_one(&mut *conn)
+        .await?;
+    let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
+    let after = max
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0)
+        .saturating_add(1);
+    Ok(now.max(after))
+}
+
+async fn create_mailbox(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    name: &str,
+    special_use: Option<SpecialUse>,
+) -> Result<MailboxId> {
+    let name = normalize_mailbox_name(name)?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE account_id = ?")
+        .bind(account.0)
+        .fetch_one(&mut *conn)
+        .await?;
+    if count >= MAX_MAILBOXES {
+        return Err(StoreError::Invalid(format!(
+            "more than {MAX_MAILBOXES} mailboxes"
+        )));
+    }
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+            .bind(account.0)
+            .bind(&name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_some() {
+        return Err(StoreError::AlreadyExists(format!("mailbox {name} exists")));
+    }
+    let uid_validity = next_uid_validity(conn).await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed) VALUES (?, ?, ?, ?, 1, 1, 1) RETURNING id",
+    )
+    .bind(account.0)
+    .bind(&name)
+    .bind(special_use.map(SpecialUse::attribute))
+    .bind(i64::from(uid_validity))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(MailboxId(id))
+}
+
+async fn delete_mailbox(conn: &mut SqliteConnection, account: AccountId, name: &str) -> Result<()> {
+    let name = normalize_mailbox_name(name)?;
+    if name == "INBOX" {
+        return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+    }
+    let id: i64 = sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+        .bind(account.0)
+        .bind(&name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no mailbox {name}")))?;
+    let size: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ?",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM mailbox_messages WHERE mailbox_id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM mailboxes WHERE id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    refund(conn, account, int(size)?).await
+}
+
+async fn rename_mailbox(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    from: &str,
+    to: &str,
+) -> Result<()> {
+    let from = normalize_mailbox_name(from)?;
+    let to = normalize_mailbox_name(to)?;
+    if from == "INBOX" {
+        return Err(StoreError::Invalid(
+            "INBOX is renamed by moving its messages".into(),
+        ));
+    }
+    if to == from || to.starts_with(&format!("{from}/")) {
+        return Err(StoreError::Invalid(format!("cannot rename {from} to {to}")));
+    }
+    let rows = sqlx::query(
+        "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+    )
+    .bind(account.0)
+    .bind(&from)
+    .bind(i64::try_from(from.len() + 1).unwrap_or(i64::MAX))
+    .bind(format!("{from}/"))
+    .fetch_all(&mut *conn)
+    .await?;
+    if !rows
+        .iter()
+        .any(|r| r.try_get::<&str, _>(1).ok() == Some(from.as_str()))
+    {
+        return Err(StoreError::NotFound(format!("no mailbox {from}")));
+    }
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let old: &str = row.try_get(1)?;
+        let new_name = format!("{to}{}", &old[from.len()..]);
+        let clash: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+                .bind(account.0)
+                .bind(&new_name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if clash.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "mailbox {new_name} exists"
+            )));
+        }
+        sqlx::query("UPDATE mailboxes SET name = ? WHERE id = ?")
+            .bind(&new_name)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Row decoding helpers.
+// ---------------------------------------------------------------------------
+
+/// Converts a stored integer into the width the model uses; out-of-range means a corrupt row.
+fn int<T: TryFrom<i64>>(v: i64) -> Result<T> {
+    T::try_from(v).map_err(|_| StoreError::Database(format!("stored value {v} out of range")))
+}
+
+fn db_u64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid(format!("value {v} too large")))
+}
+
+fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AccountInfo> {
+    Ok(AccountInfo {
+        id: AccountId(row.try_get("id")?),
+        address: Address::parse(row.try_get("address")?)?,
+        display_name: row.try_get("display_name")?,
+        quota_bytes: int(row.try_get("quota_bytes")?)?,
+        used_bytes: int(row.try_get("used_bytes")?)?,
+    })
+}
+
+fn mailbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<MailboxInfo> {
+    let special: Option<&str> = row.try_get("special_use")?;
+    Ok(MailboxInfo {
+        id: MailboxId(row.try_get("id")?),
+        name: row.try_get("name")?,
+        special_use: special.and_then(SpecialUse::from_attribute),
+        uid_validity: UidValidity(int(row.try_get("uidvalidity")?)?),
+        uid_next: Uid(int(row.try_get("uidnext")?)?),
+        highest_modseq: ModSeq(int(row.try_get("highestmodseq")?)?),
+        subscribed: row.try_get("subscribed")?,
+    })
+}
+
+/// A real Argon2id hash of a random password, verified against when the login names no
+/// account, so unknown logins cost the same time as wrong passwords.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| password::hash_password(&password::generate_password()).unwrap_or_default())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_domain(&self, name: &Domain) -> Result<DomainId> {
+        let mut tx = self.begin_immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "domain {name} exists already"
+            )));
+        }
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO domains (name, created_at) VALUES (?, ?) RETURNING id")
+                .bind(name.as_str())
+                .bind(unix_now())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(DomainId(id))
+    }
+
+    async fn list_domains(&self) -> Result<Vec<DomainInfo>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.name, (SELECT COUNT(*) FROM accounts a WHERE a.domain_id = d.id) FROM domains d ORDER BY d.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DomainInfo {
+                    id: DomainId(r.try_get(0)?),
+                    name: Domain::parse(r.try_get(1)?)?,
+                    accounts: int(r.try_get(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_domain(&self, name: &Domain) -> Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("domain {name} is not hosted here")))?;
+        let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let aliases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM aliases WHERE domain_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if accounts > 0 || aliases > 0 {
+            return Err(StoreError::Conflict(format!(
+                "domain {name} still has {accounts} account(s) and {aliases} alias target(s); remove them first"
+            )));
+        }
+        sqlx::query("DELETE FROM domains WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn is_hosted_domain(&self, name: &Domain) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn add_account(&self, account: NewAccount) -> Result<AccountId> {
+        let mut tx = self.begin_immediate().await?;
+        let domain = account.address.domain();
+        let domain_id: i64 = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
+            .bind(domain.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "domain {domain} is not hosted here (add it with `tessera domain add {domain}`)"
+                ))
+            })?;
+        let address = account.address.to_string();
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
+            .bind(&address)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "user {address} exists already"
+            )));
+        }
+        let alias: Option<String> =
+            sqlx::query_scalar("SELECT source FROM aliases WHERE source = ? LIMIT 1")
+                .bind(&address)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if alias.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "{address} is an alias already"
+            )));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO accounts (domain_id, local_part, address, password_hash, display_name, quota_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(domain_id)
+        .bind(account.address.local())
+        .bind(&address)
+        .bind(&account.password_hash)
+        .bind(&account.display_name)
+        .bind(db_u64(account.quota_bytes)?)
+        .bind(unix_now())
+        .fetch_one(&mut *tx)
+        .await?;
+        for (name, special_use) in DEFAULT_MAILBOXES {
+            create_mailbox(&mut tx, AccountId(id), name, *special_use).await?;
+        }
+        tx.commit().await?;
+        Ok(AccountId(id))
+    }
+
+    async fn list_accounts(&self, domain: Option<&Domain>) -> Result<Vec<AccountInfo>> {
+        let rows = match domain {
+            Some(d) => {
+                let id = self.domain_id(d).await?;
+                sqlx::query(
+                    "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts WHERE domain_id = ? ORDER BY address",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts ORDER BY address",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn account(&self, address: &Address) -> Result<Option<AccountInfo>> {
+        let row = sqlx::query(
+            "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts WHERE address = ?",
+        )
+        .bind(address.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>> {
+        let row = sqlx::query(
+            "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts WHERE id = ?",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<()> {
+        let changed = sqlx::query("UPDATE accounts SET password_hash = ? WHERE address = ?")
+            .bind(hash)
+            .bind(address.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("no user {address}")));
+        }
+        Ok(())
+    }
+
+    async fn remove_account(&self, address: &Address) -> Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
+            .bind(address.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no user {address}")))?;
+        for sql in [
+            "DELETE FROM mailbox_messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)",
+            "DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)",
+            "DELETE FROM mailboxes WHERE account_id = ?",
+            "DELETE FROM messages WHERE account_id = ?",
+            "DELETE FROM aliases WHERE account_id = ?",
+            "DELETE FROM accounts WHERE id = ?",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn authenticate(&self, login: &str, password: &str) -> Result<Option<AccountInfo>> {
+        let login = login.trim();
+        let row = if login.contains('@') {
+            match Address::parse(login) {
+                Ok(address) => sqlx::query(
+                    "SELECT id, address, display_name, quota_bytes, used_bytes, password_hash FROM accounts WHERE address = ?",
+                )
+                .bind(address.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+                Err(_) => None,
+            }
+        } else {
+            let mut rows = sqlx::query(
+                "SELECT id, address, display_name, quota_bytes, used_bytes, password_hash FROM accounts WHERE local_part = ? LIMIT 2",
+            )
+            .bind(login.to_lowercase())
+            .fetch_all(&self.pool)
+            .await?;
+            // A bare local part is only unambiguous when exactly one domain has it.
+            if rows.len() == 1 { rows.pop() } else { None }
+        };
+        let (account, hash) = match &row {
+            Some(r) => (
+                Some(account_from_row(r)?),
+                r.try_get::<String, _>("password_hash")?,
+            ),
+            None => (None, dummy_hash().to_string()),
+        };
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        Ok(if ok { account } else { None })
+    }
+
+    async fn add_alias(&self, source: &AliasSource, target: &Address) -> Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        let domain = source.domain();
+        let domain_id: i64 = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
+            .bind(domain.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("domain {domain} is not hosted here")))?;
+        let key = source.key();
+        if let AliasSource::Address(a) = source {
+            let is_account: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
+                    .bind(a.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if is_account.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "{a} is an account already"
+                )));
+            }
+        }
+        let target_id: i64 = sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
+            .bind(target.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("no user {target} (alias targets are accounts)"))
+            })?;
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO aliases (source, domain_id, account_id) VALUES (?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(domain_id)
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "alias {key} -> {target} exists already"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_aliases(&self, domain: Option<&Domain>) -> Result<Vec<AliasInfo>> {
+        let rows = match domain {
+            Some(d) => {
+                let id = self.domain_id(d).await?;
+                sqlx::query(
+                    "SELECT al.source, a.address FROM aliases al JOIN accounts a ON a.id = al.account_id WHERE al.domain_id = ? ORDER BY al.source, a.address",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT al.source, a.address FROM aliases al JOIN accounts a ON a.id = al.account_id ORDER BY al.source, a.address",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out: Vec<AliasInfo> = Vec::new();
+        for row in rows {
+            let source = AliasSource::parse(row.try_get(0)?)?;
+            let target = Address::parse(row.try_get(1)?)?;
+            match out.last_mut() {
+                Some(last) if last.source == source => last.targets.push(target),
+                _ => out.push(AliasInfo {
+                    source,
+                    targets: vec![target],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_alias(&self, source: &AliasSource, target: Option<&Address>) -> Result<()> {
+        let key = source.key();
+        let removed = match target {
+            Some(t) => sqlx::query(
+                "DELETE FROM aliases WHERE source = ? AND account_id = (SELECT id FROM accounts WHERE address = ?)",
+            )
+            .bind(&key)
+            .bind(t.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+            None => sqlx::query("DELETE FROM aliases WHERE source = ?")
+                .bind(&key)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        };
+        if removed == 0 {
+            return Err(StoreError::NotFound(match target {
+                Some(t) => format!("no alias {key} -> {t}"),
+                None => format!("no alias {key}"),
+            }));
+        }
+        Ok(())
+    }
+
+    async fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
+        let mut candidates = vec![address.to_string()];
+        // Subaddressing (RFC 5233): user+tag@domain reaches user@domain.
+        if let Some((base, _tag)) = address.local().split_once('+')
+            && !base.is_empty()
+        {
+            candidates.push(format!("{base}@{}", address.domain()));
+        }
+        for candidate in &candidates {
+            let account: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
+                    .bind(candidate)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(id) = account {
+                return Ok(vec![AccountId(id)]);
+            }
+            let targets: Vec<i64> = sqlx::query_scalar(
+                "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
+            )
+            .bind(candidate)
+            .fetch_all(&self.pool)
+            .await?;
+            if !targets.is_empty() {
+                return Ok(targets.into_iter().map(AccountId).collect());
+            }
+        }
+        let catch_all: Vec<i64> = sqlx::query_scalar(
+            "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
+        )
+        .bind(format!("@{}", address.domain()))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(catch_all.into_iter().map(AccountId).collect())
+    }
+
+    async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>> {
+        let own: Option<String> = sqlx::query_scalar("SELECT address FROM accounts WHERE id = ?")
+            .bind(account.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(own) = own else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![AliasSource::parse(&own)?];
+        let aliases: Vec<String> =
+            sqlx::query_scalar("SELECT source FROM aliases WHERE account_id = ? ORDER BY source")
+                .bind(account.0)
+                .fetch_all(&self.pool)
+                .await?;
+        for a in aliases {
+            out.push(AliasSource::parse(&a)?);
+        }
+        Ok(out)
+    }
+
+    async fn list_mailboxes(&self, account: AccountId) -> Result<Vec<MailboxInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM mailboxes WHERE account_id = ? ORDER BY name",
+        )
+        .bind(account.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mailbox_from_row).collect()
+    }
+
+    async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<MailboxInfo>> {
+        let Ok(name) = normalize_mailbox_name(name) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM mailboxes WHERE account_id = ? AND name = ?",
+        )
+        .bind(account.0)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(mailbox_from_row).transpose()
+    }
+
+    async fn mailbox_status(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+    ) -> Result<MailboxStatus> {
+        let row = sqlx::query(
+            "SELECT b.uidvalidity, b.uidnext, b.highestmodseq, \
+                    (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id), \
+                    (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id AND (mm.flags & 1) = 0), \
+                    (SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = b.id) \
+             FROM mailboxes b WHERE b.id = ? AND b.account_id = ?",
+        )
+        .bind(mailbox.0)
+        .bind(account.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("no such mailbox".into()))?;
+        Ok(MailboxStatus {
+            uid_validity: UidValidity(int(row.try_get(0)?)?),
+            uid_next: Uid(int(row.try_get(1)?)?),
+            highest_modseq: ModSeq(int(row.try_get(2)?)?),
+            messages: int(row.try_get(3)?)?,
+            unseen: int(row.try_get(4)?)?,
+            size: int(row.try_get(5)?)?,
+        })
+    }
+
+    async fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<MailboxId> {
+        match self
+            .submit(Op::CreateMailbox {
+                account,
+                name: name.to_string(),
+                special_use,
+            })
+            .await?
+        {
+            Output::Mailbox(id) => Ok(id),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<()> {
+        self.submit(Op::DeleteMailbox {
+            account,
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
+        self.submit(Op::RenameMailbox {
+            account,
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_subscribed(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()> {
+        self.submit(Op::Subscribe {
+            account,
+            name: name.to_string(),
+            subscribed,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn append(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        message: NewMessage,
+    ) -> Result<Appended> {
+        let blob = self.write_blob(message.bytes.clone()).await?;
+        match self
+            .submit(Op::Append {
+                account,
+                mailbox,
+                blob,
+                message,
+            })
+            .await?
+        {
+            Output::Appended(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        accounts: &[AccountId],
+        message: NewMessage,
+    ) -> Result<Vec<Result<Appended>>> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let blob = self.write_blob(message.bytes.clone()).await?;
+        match self
+            .submit(Op::Deliver {
+                accounts: accounts.to_vec(),
+                blob,
+                message,
+            })
+            .await?
+        {
+            Output::Delivered(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn messages(&self, account: AccountId, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
+        let rows = sqlx::query(
+            "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
+             FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
+             WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid",
+        )
+        .bind(mailbox.0)
+        .bind(account.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MessageMeta {
+                    uid: Uid(int(r.try_get(0)?)?),
+                    message: MessageId(r.try_get(1)?),
+                    size: int(r.try_get(2)?)?,
+                    internal_date: r.try_get(3)?,
+                    tz_offset_minutes: r.try_get(4)?,
+                    flags: Flags::from_stored(r.try_get(5)?, r.try_get::<&str, _>(6)?),
+                    modseq: ModSeq(int(r.try_get(7)?)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn read_message(&self, account: AccountId, message: MessageId) -> Result<Vec<u8>> {
+        let hash: String =
+            sqlx::query_scalar("SELECT blob_hash FROM messages WHERE id = ? AND account_id = ?")
+                .bind(message.0)
+                .bind(account.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
+        let hash = BlobHash::from_hex(&hash)
+            .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hash}")))?;
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.read(&hash))
+            .await
+            .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
+    }
+
+    async fn store_flags(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &Flags,
+    ) -> Result<Vec<FlagUpdate>> {
+        match self
+            .submit(Op::StoreFlags {
+                account,
+                mailbox,
+                uids: uids.to_vec(),
+                op,
+                flags: flags.clone(),
+            })
+            .await?
+        {
+            Output::Flags(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn copy(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Copied> {
+        match self
+            .submit(Op::Copy {
+                account,
+                from,
+                to,
+                uids: uids.to_vec(),
+                remove_source: false,
+            })
+            .await?
+        {
+            Output::Copied(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn move_messages(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Copied> {
+        match self
+            .submit(Op::Copy {
+                account,
+                from,
+                to,
+                uids: uids.to_vec(),
+                remove_source: true,
+            })
+            .await?
+        {
+            Output::Copied(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn expunge(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Option<&[Uid]>,
+        force: bool,
+    ) -> Result<Vec<Uid>> {
+        match self
+            .submit(Op::Expunge {
+                account,
+                mailbox,
+                uids: uids.map(<[Uid]>::to_vec),
+                force,
+            })
+            .await?
+        {
+            Output::Expunged(u) => Ok(u),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Change> {
+        self.feed.subscribe(account)
+    }
+
+    async fn collect_garbage(&self, min_blob_age: Duration) -> Result<GarbageReport> {
+        let mut tx = self.begin_immediate().await?;
+        let removed = sqlx::query(
+            "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM mailbox_messages mm WHERE mm.message_id = messages.id)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let referenced: Vec<String> = sqlx::query_scalar("SELECT DISTINCT blob_hash FROM messages")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let referenced: HashSet<String> = referenced.into_iter().collect();
+        let blobs = self.blobs.clone();
+        let removed_blobs = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut n = 0;
+            for hash in blobs.list()? {
+                if referenced.contains(&hash.to_hex()) {
+                    continue;
+                }
+                let age = std::fs::metadata(blobs.path(&hash))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                if age >= min_blob_age {
+                    blobs.remove(&hash)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("garbage collector task: {e}")))??;
+        Ok(GarbageReport {
+            messages: removed,
+            blobs: removed_blobs,
+        })
+    }
+
+    async fn missing_blobs(&self) -> Result<Vec<BlobHash>> {
+        let hashes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT blob_hash FROM messages")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut missing = Vec::new();
+        for h in hashes {
+            let hash = BlobHash::from_hex(&h)
+                .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {h}")))?;
+            if !self.blobs.path(&hash).exists() {
+                missing.push(hash);
+            }
+        }
+        Ok(missing)
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Database("writer returned an unexpected result".into())
+}

@@ -1,0 +1,791 @@
+//! The store suite on a real SQLite file in a temporary directory.
+//!
+//! Written against `Arc<dyn Store>` so the PostgreSQL backend can run the same tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::{
+    Address, AliasSource, Change, Domain, FlagOp, Flags, NewAccount, NewMessage, SpecialUse,
+    SqliteStore, Store, StoreError, SystemFlags, Uid, password,
+};
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).expect("valid address")
+}
+
+fn dom(s: &str) -> Domain {
+    Domain::parse(s).expect("valid domain")
+}
+
+fn msg(text: &str) -> NewMessage {
+    NewMessage::now(format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes())
+}
+
+/// A fixed cheap-to-verify password hash for tests that do not log in.
+fn hash() -> String {
+    password::hash_password("correct horse battery").expect("hash")
+}
+
+async fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).await.expect("open store");
+    (dir, store)
+}
+
+async fn with_user(store: &dyn Store, address: &str, password_hash: &str) -> store::AccountId {
+    let a = addr(address);
+    if !store.is_hosted_domain(a.domain()).await.expect("query") {
+        store.add_domain(a.domain()).await.expect("add domain");
+    }
+    store
+        .add_account(NewAccount {
+            address: a,
+            password_hash: password_hash.to_string(),
+            display_name: String::new(),
+            quota_bytes: 0,
+        })
+        .await
+        .expect("add account")
+}
+
+#[tokio::test]
+async fn domains_and_accounts() {
+    let (_dir, store) = open().await;
+    store.add_domain(&dom("Example.org")).await.expect("add");
+    assert!(matches!(
+        store.add_domain(&dom("example.ORG")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let id = with_user(&*store, "Alice@Example.org", &hash()).await;
+    let dup = store
+        .add_account(NewAccount {
+            address: addr("alice@EXAMPLE.org"),
+            password_hash: hash(),
+            display_name: String::new(),
+            quota_bytes: 0,
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
+    let unknown = store
+        .add_account(NewAccount {
+            address: addr("bob@elsewhere.org"),
+            password_hash: hash(),
+            display_name: String::new(),
+            quota_bytes: 0,
+        })
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
+
+    let account = store
+        .account(&addr("ALICE@example.org"))
+        .await
+        .expect("query")
+        .expect("found");
+    assert_eq!(account.id, id);
+    assert_eq!(account.address.to_string(), "alice@example.org");
+
+    // Every account gets the RFC 6154 mailboxes.
+    let boxes = store.list_mailboxes(id).await.expect("list");
+    let names: Vec<(&str, Option<SpecialUse>)> = boxes
+        .iter()
+        .map(|b| (b.name.as_str(), b.special_use))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("Archive", Some(SpecialUse::Archive)),
+            ("Drafts", Some(SpecialUse::Drafts)),
+            ("INBOX", None),
+            ("Junk", Some(SpecialUse::Junk)),
+            ("Sent", Some(SpecialUse::Sent)),
+            ("Trash", Some(SpecialUse::Trash)),
+        ]
+    );
+
+    let domains = store.list_domains().await.expect("list");
+    assert_eq!(domains.len(), 1);
+    assert_eq!(domains[0].accounts, 1);
+    assert!(matches!(
+        store.remove_domain(&dom("example.org")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .remove_account(&addr("alice@example.org"))
+        .await
+        .expect("remove");
+    assert!(
+        store
+            .account(&addr("alice@example.org"))
+            .await
+            .expect("query")
+            .is_none()
+    );
+    assert!(store.list_mailboxes(id).await.expect("list").is_empty());
+    store
+        .remove_domain(&dom("example.org"))
+        .await
+        .expect("remove domain");
+    assert!(store.list_domains().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn authenticate_by_address_or_unique_local_part() {
+    let (_dir, store) = open().await;
+    let h = hash();
+    let alice = with_user(&*store, "alice@example.org", &h).await;
+    with_user(&*store, "bob@example.org", &h).await;
+    with_user(&*store, "bob@example.net", &h).await;
+
+    let ok = store
+        .authenticate("Alice@EXAMPLE.org", "correct horse battery")
+        .await
+        .expect("auth");
+    assert_eq!(ok.map(|a| a.id), Some(alice));
+    let local = store
+        .authenticate("alice", "correct horse battery")
+        .await
+        .expect("auth");
+    assert_eq!(local.map(|a| a.id), Some(alice));
+    // bob exists in two domains: a bare local part is ambiguous.
+    assert!(
+        store
+            .authenticate("bob", "correct horse battery")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    assert!(
+        store
+            .authenticate("bob@example.net", "correct horse battery")
+            .await
+            .expect("auth")
+            .is_some()
+    );
+    assert!(
+        store
+            .authenticate("alice@example.org", "wrong")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    assert!(
+        store
+            .authenticate("nobody@example.org", "x")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    assert!(
+        store
+            .authenticate("not an address@", "x")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+
+    let new_hash = password::hash_password("another password").expect("hash");
+    store
+        .set_password_hash(&addr("alice@example.org"), &new_hash)
+        .await
+        .expect("set");
+    assert!(
+        store
+            .authenticate("alice@example.org", "another password")
+            .await
+            .expect("auth")
+            .is_some()
+    );
+    assert!(
+        store
+            .authenticate("alice@example.org", "correct horse battery")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn aliases_and_catch_all_resolve_to_accounts_once() {
+    let (_dir, store) = open().await;
+    let h = "x";
+    let alice = with_user(&*store, "alice@example.org", h).await;
+    let bob = with_user(&*store, "bob@example.org", h).await;
+    let team = AliasSource::parse("team@example.org").expect("alias");
+    store
+        .add_alias(&team, &addr("alice@example.org"))
+        .await
+        .expect("add");
+    store
+        .add_alias(&team, &addr("bob@example.org"))
+        .await
+        .expect("add");
+    assert!(matches!(
+        store.add_alias(&team, &addr("bob@example.org")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store
+            .add_alias(
+                &AliasSource::parse("alice@example.org").expect("a"),
+                &addr("bob@example.org")
+            )
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.add_alias(&team, &addr("carol@example.org")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .add_alias(
+                &AliasSource::parse("x@other.org").expect("a"),
+                &addr("bob@example.org")
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("TEAM@example.org"))
+            .await
+            .expect("r"),
+        vec![alice, bob]
+    );
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("alice@example.org"))
+            .await
+            .expect("r"),
+        vec![alice]
+    );
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("alice+lists@example.org"))
+            .await
+            .expect("r"),
+        vec![alice]
+    );
+    assert!(
+        store
+            .resolve_recipient(&addr("nobody@example.org"))
+            .await
+            .expect("r")
+            .is_empty()
+    );
+
+    let catch_all = AliasSource::parse("@example.org").expect("catch-all");
+    store
+        .add_alias(&catch_all, &addr("bob@example.org"))
+        .await
+        .expect("add");
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("nobody@example.org"))
+            .await
+            .expect("r"),
+        vec![bob]
+    );
+    // Exact addresses still win over the catch-all.
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("alice@example.org"))
+            .await
+            .expect("r"),
+        vec![alice]
+    );
+
+    let listed = store.list_aliases(None).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].source.key(), "@example.org");
+    assert_eq!(listed[1].targets.len(), 2);
+
+    let senders = store.sender_addresses(bob).await.expect("senders");
+    let keys: Vec<String> = senders.iter().map(AliasSource::key).collect();
+    assert_eq!(
+        keys,
+        vec!["bob@example.org", "@example.org", "team@example.org"]
+    );
+
+    store
+        .remove_alias(&team, Some(&addr("alice@example.org")))
+        .await
+        .expect("remove one");
+    assert_eq!(
+        store
+            .resolve_recipient(&addr("team@example.org"))
+            .await
+            .expect("r"),
+        vec![bob]
+    );
+    store.remove_alias(&team, None).await.expect("remove all");
+    assert!(matches!(
+        store.remove_alias(&team, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn append_assigns_ascending_uids_and_is_scoped_to_the_account() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let mallory = with_user(&*store, "mallory@example.org", "x").await;
+    let inbox = store
+        .mailbox(alice, "inbox")
+        .await
+        .expect("q")
+        .expect("INBOX");
+    let mut uids = Vec::new();
+    for i in 0..5 {
+        let a = store
+            .append(alice, inbox.id, msg(&format!("m{i}")))
+            .await
+            .expect("append");
+        assert_eq!(a.uid_validity, inbox.uid_validity);
+        uids.push(a.uid);
+    }
+    assert_eq!(uids, (1..=5).map(Uid).collect::<Vec<_>>());
+    let list = store.messages(alice, inbox.id).await.expect("list");
+    assert_eq!(list.len(), 5);
+    let body = store
+        .read_message(alice, list[2].message)
+        .await
+        .expect("read");
+    assert_eq!(body, b"Subject: m2\r\n\r\nm2\r\n");
+    assert_eq!(list[2].size, body.len() as u64);
+
+    // Another account sees nothing of it.
+    assert!(
+        store
+            .messages(mallory, inbox.id)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(matches!(
+        store.read_message(mallory, list[2].message).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store
+            .append(mallory, inbox.id, msg("intrusion"))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .store_flags(mallory, inbox.id, &[Uid(1)], FlagOp::Add, &Flags::default())
+            .await
+            .is_err()
+    );
+
+    let status = store.mailbox_status(alice, inbox.id).await.expect("status");
+    assert_eq!(status.messages, 5);
+    assert_eq!(status.unseen, 5);
+    assert_eq!(status.uid_next, Uid(6));
+    assert_eq!(
+        store
+            .account_by_id(alice)
+            .await
+            .expect("q")
+            .expect("a")
+            .used_bytes,
+        status.size
+    );
+}
+
+#[tokio::test]
+async fn flags_raise_modseq_and_feed_sessions() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store
+        .mailbox(alice, "INBOX")
+        .await
+        .expect("q")
+        .expect("INBOX");
+    let mut feed = store.subscribe(alice);
+    let a = store
+        .append(alice, inbox.id, msg("one"))
+        .await
+        .expect("append");
+    assert!(matches!(feed.recv().await, Ok(Change::Appended { uid, .. }) if uid == a.uid));
+
+    let before = store
+        .mailbox(alice, "INBOX")
+        .await
+        .expect("q")
+        .expect("m")
+        .highest_modseq;
+    let seen = Flags::from_names(["\\Seen", "$Label1"]).expect("flags");
+    let updates = store
+        .store_flags(alice, inbox.id, &[a.uid, Uid(99)], FlagOp::Add, &seen)
+        .await
+        .expect("store");
+    assert_eq!(updates.len(), 1, "missing UIDs are skipped");
+    assert!(updates[0].flags.system.contains(SystemFlags::SEEN));
+    assert!(updates[0].modseq > before);
+    assert!(matches!(feed.recv().await, Ok(Change::FlagsChanged { uid, .. }) if uid == a.uid));
+
+    // Setting flags already set changes nothing and raises no MODSEQ.
+    assert!(
+        store
+            .store_flags(alice, inbox.id, &[a.uid], FlagOp::Add, &seen)
+            .await
+            .expect("store")
+            .is_empty()
+    );
+
+    let label = Flags::from_names(["$Label1"]).expect("flags");
+    let removed = store
+        .store_flags(alice, inbox.id, &[a.uid], FlagOp::Remove, &label)
+        .await
+        .expect("store");
+    assert_eq!(removed[0].flags.names(), vec!["\\Seen"]);
+    let replaced = store
+        .store_flags(
+            alice,
+            inbox.id,
+            &[a.uid],
+            FlagOp::Replace,
+            &Flags::from_names(["\\Flagged"]).expect("f"),
+        )
+        .await
+        .expect("store");
+    assert_eq!(replaced[0].flags.names(), vec!["\\Flagged"]);
+    assert!(replaced[0].modseq > removed[0].modseq);
+    let after = store
+        .mailbox(alice, "INBOX")
+        .await
+        .expect("q")
+        .expect("m")
+        .highest_modseq;
+    assert_eq!(after, replaced[0].modseq);
+}
+
+#[tokio::test]
+async fn copy_move_and_expunge() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store
+        .mailbox(alice, "INBOX")
+        .await
+        .expect("q")
+        .expect("INBOX");
+    let archive = store
+        .mailbox(alice, "Archive")
+        .await
+        .expect("q")
+        .expect("Archive");
+    for i in 0..4 {
+        store
+            .append(alice, inbox.id, msg(&format!("m{i}")))
+            .await
+            .expect("append");
+    }
+    let copied = store
+        .copy(alice, inbox.id, &[Uid(2), Uid(1), Uid(42)], archive.id)
+        .await
+        .expect("copy");
+    assert_eq!(copied.uid_validity, archive.uid_validity);
+    assert_eq!(copied.uids, vec![(Uid(1), Uid(1)), (Uid(2), Uid(2))]);
+    assert_eq!(store.messages(alice, inbox.id).await.expect("l").len(), 4);
+
+    let mut feed = store.subscribe(alice);
+    let moved = store
+        .move_messages(alice, inbox.id, &[Uid(3)], archive.id)
+        .await
+        .expect("move");
+    assert_eq!(moved.uids, vec![(Uid(3), Uid(3))]);
+    let inbox_uids: Vec<Uid> = store
+        .messages(alice, inbox.id)
+        .await
+        .expect("l")
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(inbox_uids, vec![Uid(1), Uid(2), Uid(4)]);
+    assert!(
+        matches!(feed.recv().await, Ok(Change::Appended { mailbox, .. }) if mailbox == archive.id)
+    );
+    assert!(
+        matches!(feed.recv().await, Ok(Change::Expunged { mailbox, uid: Uid(3), .. }) if mailbox == inbox.id)
+    );
+
+    // EXPUNGE removes only \Deleted messages (and only the given UIDs for UID EXPUNGE).
+    let deleted = Flags::from_names(["\\Deleted"]).expect("f");
+    store
+        .store_flags(alice, inbox.id, &[Uid(1), Uid(4)], FlagOp::Add, &deleted)
+        .await
+        .expect("store");
+    assert_eq!(
+        store
+            .expunge(alice, inbox.id, Some(&[Uid(4), Uid(2)]), false)
+            .await
+            .expect("x"),
+        vec![Uid(4)]
+    );
+    assert_eq!(
+        store
+            .expunge(alice, inbox.id, None, false)
+            .await
+            .expect("x"),
+        vec![Uid(1)]
+    );
+    assert_eq!(
+        store
+            .expunge(alice, inbox.id, Some(&[Uid(2)]), true)
+            .await
+            .expect("x"),
+        vec![Uid(2)]
+    );
+    assert!(store.messages(alice, inbox.id).await.expect("l").is_empty());
+    // New UIDs never reuse old ones.
+    assert_eq!(
+        store
+            .append(alice, inbox.id, msg("again"))
+            .await
+            .expect("a")
+            .uid,
+        Uid(5)
+    );
+
+    // The copies in Archive still read.
+    let archived = store.messages(alice, archive.id).await.expect("l");
+    assert_eq!(archived.len(), 3);
+    assert!(store.read_message(alice, archived[0].message).await.is_ok());
+}
+
+#[tokio::test]
+async fn mailboxes_create_rename_delete() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    store
+        .create_mailbox(alice, "Projects", None)
+        .await
+        .expect("create");
+    store
+        .create_mailbox(alice, "Projects/Tessera", None)
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_mailbox(alice, "Projects", None).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.create_mailbox(alice, "inbox", None).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    for bad in ["", "/abs", "a//b", "a/../b", "..", "trail/", "ctl\u{7}"] {
+        assert!(
+            matches!(
+                store.create_mailbox(alice, bad, None).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let old = store
+        .mailbox(alice, "Projects/Tessera")
+        .await
+        .expect("q")
+        .expect("m");
+    store
+        .rename_mailbox(alice, "Projects", "Work")
+        .await
+        .expect("rename");
+    assert!(store.mailbox(alice, "Projects").await.expect("q").is_none());
+    let moved = store
+        .mailbox(alice, "Work/Tessera")
+        .await
+        .expect("q")
+        .expect("child renamed");
+    assert_eq!(moved.id, old.id);
+    assert!(store.rename_mailbox(alice, "INBOX", "Old").await.is_err());
+    assert!(matches!(
+        store.rename_mailbox(alice, "Work", "Sent").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+
+    store
+        .set_subscribed(alice, "Work", false)
+        .await
+        .expect("unsubscribe");
+    assert!(
+        !store
+            .mailbox(alice, "Work")
+            .await
+            .expect("q")
+            .expect("m")
+            .subscribed
+    );
+
+    assert!(store.delete_mailbox(alice, "INBOX").await.is_err());
+    let work = store.mailbox(alice, "Work").await.expect("q").expect("m");
+    store.delete_mailbox(alice, "Work").await.expect("delete");
+    store
+        .create_mailbox(alice, "Work", None)
+        .await
+        .expect("recreate");
+    let again = store.mailbox(alice, "Work").await.expect("q").expect("m");
+    assert_ne!(
+        again.uid_validity, work.uid_validity,
+        "a recreated mailbox gets a new UIDVALIDITY"
+    );
+}
+
+#[tokio::test]
+async fn quota_refuses_messages_that_do_not_fit() {
+    let (_dir, store) = open().await;
+    store.add_domain(&dom("example.org")).await.expect("domain");
+    let id = store
+        .add_account(NewAccount {
+            address: addr("small@example.org"),
+            password_hash: "x".into(),
+            display_name: "Small".into(),
+            quota_bytes: 100,
+        })
+        .await
+        .expect("account");
+    let inbox = store.mailbox(id, "INBOX").await.expect("q").expect("m");
+    store
+        .append(id, inbox.id, NewMessage::now(vec![b'a'; 60]))
+        .await
+        .expect("fits");
+    let refused = store
+        .append(id, inbox.id, NewMessage::now(vec![b'b'; 60]))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::QuotaExceeded {
+                used: 60,
+                quota: 100,
+                size: 60
+            })
+        ),
+        "{refused:?}"
+    );
+    store
+        .expunge(id, inbox.id, Some(&[Uid(1)]), true)
+        .await
+        .expect("expunge");
+    store
+        .append(id, inbox.id, NewMessage::now(vec![b'b'; 60]))
+        .await
+        .expect("fits after expunge");
+}
+
+#[tokio::test]
+async fn deliver_to_several_accounts_stores_one_blob() {
+    let (dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let bob = with_user(&*store, "bob@example.org", "x").await;
+    let results = store
+        .deliver(&[alice, bob], msg("hello both"))
+        .await
+        .expect("deliver");
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(Result::is_ok));
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .expect("blobs dir")
+        .flatten()
+        .filter(|e| e.file_name() != "tmp")
+        .flat_map(|d| std::fs::read_dir(d.path()).expect("dir").flatten())
+        .count();
+    assert_eq!(blobs, 1);
+    for account in [alice, bob] {
+        let inbox = store
+            .mailbox(account, "INBOX")
+            .await
+            .expect("q")
+            .expect("m");
+        assert_eq!(store.messages(account, inbox.id).await.expect("l").len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_share_commits() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    let n = 400;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(alice, inbox.id, msg(&format!("concurrent {i}")))
+                .await
+        }));
+    }
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.push(t.await.expect("join").expect("append").uid.0);
+    }
+    uids.sort_unstable();
+    assert_eq!(
+        uids,
+        (1..=n).collect::<Vec<u32>>(),
+        "every delivery got its own UID"
+    );
+    let (commits, jobs) = store.writer_stats();
+    assert!(jobs >= u64::from(n));
+    assert!(
+        commits < jobs,
+        "group commit: {commits} commits for {jobs} jobs"
+    );
+    assert!(store.missing_blobs().await.expect("check").is_empty());
+}
+
+#[tokio::test]
+async fn garbage_collection_removes_only_unreferenced_blobs() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    store.append(alice, inbox.id, msg("keep")).await.expect("a");
+    store.append(alice, inbox.id, msg("drop")).await.expect("a");
+    store
+        .expunge(alice, inbox.id, Some(&[Uid(2)]), true)
+        .await
+        .expect("x");
+    // Young blobs are kept: a delivery may be about to commit a row for them.
+    let young = store
+        .collect_garbage(Duration::from_secs(3600))
+        .await
+        .expect("gc");
+    assert_eq!((young.messages, young.blobs), (1, 0));
+    let report = store.collect_garbage(Duration::ZERO).await.expect("gc");
+    assert_eq!(report.blobs, 1);
+    let left = store.messages(alice, inbox.id).await.expect("l");
+    assert_eq!(
+        store
+            .read_message(alice, left[0].message)
+            .await
+            .expect("read"),
+        b"Subject: keep\r\n\r\nkeep\r\n"
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice;
+    {
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        alice = with_user(&*store, "alice@example.org", "x").await;
+        let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+        store
+            .append(alice, inbox.id, msg("durable"))
+            .await
+            .expect("a");
+    }
+    let store = SqliteStore::open(dir.path()).await.expect("reopen");
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    assert_eq!(inbox.uid_next, Uid(2));
+    assert_eq!(store.messages(alice, inbox.id).await.expect("l").len(), 1);
+}

@@ -1,0 +1,547 @@
+//! The SNI certificate store and its rustls resolver.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+
+use crate::local_ca::LocalCa;
+use crate::{PROTOCOL_VERSIONS, TlsError, pem};
+
+/// A certificate file and its private key file, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemPair {
+    /// The leaf certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Where the store's certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM files named in config; names taken from each certificate's SANs. The first pair's
+    /// first name is the default certificate.
+    Files(Vec<PemPair>),
+    /// A local CA kept in `dir` (`dir/ca.pem`, `dir/ca-key.pem`, keys mode 0600), with leaf
+    /// certificates it signs for the names given to [`CertStore::ensure_local_names`].
+    LocalCa { dir: PathBuf },
+}
+
+/// One served certificate, as reported by [`CertStore::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The names this certificate is served for (lowercase; may include `*.` wildcards).
+    pub names: Vec<String>,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// One certificate store with SNI selection, shared by every listener as `Arc<CertStore>`.
+///
+/// Selection (RFC 6066 §3): the exact name, then a `*.` wildcard one label deep, then the
+/// default certificate (the first name ever installed: the mail host, or the first file).
+pub struct CertStore {
+    origin: Origin,
+    served: RwLock<Served>,
+}
+
+enum Origin {
+    Files(Mutex<Vec<Watched>>),
+    LocalCa {
+        ca_path: PathBuf,
+        ca: Mutex<LocalCa>,
+    },
+}
+
+/// A PEM pair being watched for changes, with what it currently contributes to the store.
+struct Watched {
+    pair: PemPair,
+    stamps: [Option<FileStamp>; 2],
+    key: Arc<CertifiedKey>,
+}
+
+/// Modification time and length: changes when a file is rewritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp(SystemTime, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp(meta.modified().ok()?, meta.len()))
+}
+
+#[derive(Default)]
+struct Served {
+    entries: Vec<Entry>,
+    /// Index over `entries`, rebuilt on every change; no two entries share a name.
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default_name: Option<String>,
+}
+
+struct Entry {
+    info: CertInfo,
+    key: Arc<CertifiedKey>,
+}
+
+impl Served {
+    /// Serves `key` for `names`, taking those names away from any other certificate.
+    fn install(&mut self, names: Vec<String>, key: Arc<CertifiedKey>) {
+        if names.is_empty() {
+            return;
+        }
+        for entry in &mut self.entries {
+            entry.info.names.retain(|n| !names.contains(n));
+        }
+        self.entries.retain(|e| !e.info.names.is_empty());
+        if self.default_name.is_none() {
+            self.default_name = names.first().cloned();
+        }
+        let facts = key
+            .end_entity_cert()
+            .map_err(|e| e.to_string())
+            .and_then(pem::cert_facts);
+        let (issuer, not_after) = match facts {
+            Ok(facts) => (facts.issuer, facts.not_after),
+            Err(reason) => {
+                tracing::warn!(?names, %reason, "cannot parse installed certificate");
+                ("(unparseable)".to_string(), OffsetDateTime::UNIX_EPOCH)
+            }
+        };
+        self.entries.push(Entry {
+            info: CertInfo {
+                names,
+                issuer,
+                not_after,
+            },
+            key,
+        });
+        self.reindex();
+    }
+
+    fn remove(&mut self, key: &Arc<CertifiedKey>) {
+        self.entries.retain(|e| !Arc::ptr_eq(&e.key, key));
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.by_name = self
+            .entries
+            .iter()
+            .flat_map(|e| e.info.names.iter().map(|n| (n.clone(), Arc::clone(&e.key))))
+            .collect();
+    }
+
+    fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(key) = self.by_name.get(&name) {
+                return Some(Arc::clone(key));
+            }
+            // RFC 6125 §6.4.3: the wildcard stands for exactly the leftmost label.
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(key) = self.by_name.get(&format!("*.{parent}"))
+            {
+                return Some(Arc::clone(key));
+            }
+        }
+        self.default_name
+            .as_ref()
+            .and_then(|n| self.by_name.get(n))
+            .or_else(|| self.entries.first().map(|e| &e.key))
+            .cloned()
+    }
+}
+
+/// Lowercases `name`, drops a trailing dot, and checks it is a DNS host name (LDH labels of at
+/// most 63 octets, 253 in all), optionally with a leading `*` label.
+fn normalize_name(name: &str) -> Result<String, TlsError> {
+    let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ldh = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let body = lower.strip_prefix("*.").unwrap_or(&lower);
+    if lower.len() > 253 || !body.split('.').all(ldh) {
+        return Err(TlsError::InvalidName(name.to_string()));
+    }
+    Ok(lower)
+}
+
+/// Loads a PEM pair and the DNS names its leaf covers.
+fn load_files(pair: &PemPair) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsError> {
+    let key = pem::load_pair(&pair.cert, &pair.key)?;
+    let leaf = key
+        .end_entity_cert()
+        .map_err(|e| TlsError::BadCertificate {
+            path: pair.cert.clone(),
+            reason: e.to_string(),
+        })?;
+    let facts = pem::cert_facts(leaf).map_err(|reason| TlsError::BadCertificate {
+        path: pair.cert.clone(),
+        reason,
+    })?;
+    if facts.dns_names.is_empty() {
+        return Err(TlsError::NoNames {
+            path: pair.cert.clone(),
+        });
+    }
+    Ok((key, facts.dns_names))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl CertStore {
+    /// Builds the store. Files mode loads every pair now and fails on the first bad one (an
+    /// empty list gives an empty store that serves nothing until [`insert`](Self::insert)).
+    /// Local-CA mode loads or creates the CA; leaves come from
+    /// [`ensure_local_names`](Self::ensure_local_names).
+    pub fn new(source: CertSource) -> Result<Arc<CertStore>, TlsError> {
+        let mut served = Served::default();
+        let origin = match source {
+            CertSource::Files(pairs) => {
+                let mut watched = Vec::with_capacity(pairs.len());
+                for pair in pairs {
+                    let stamps = [stamp(&pair.cert), stamp(&pair.key)];
+                    let (key, names) = load_files(&pair)?;
+                    served.install(names, Arc::clone(&key));
+                    watched.push(Watched { pair, stamps, key });
+                }
+                Origin::Files(Mutex::new(watched))
+            }
+            CertSource::LocalCa { dir } => {
+                let ca = LocalCa::open(&dir)?;
+                Origin::LocalCa {
+                    ca_path: ca.cert_path(),
+                    ca: Mutex::new(ca),
+                }
+            }
+        };
+        Ok(Arc::new(CertStore {
+            origin,
+            served: RwLock::new(served),
+        }))
+    }
+
+    fn served(&self) -> RwLockReadGuard<'_, Served> {
+        self.served.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn served_mut(&self) -> RwLockWriteGuard<'_, Served> {
+        self.served.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Local-CA mode: makes sure a leaf is served for each group of names (first name =
+    /// primary, stored as `dir/certs/<primary>.pem` and `.key.pem`). A stored leaf is reused
+    /// across restarts unless it lacks a name, no longer verifies under the CA, or expires
+    /// within 30 days; then it is re-issued. No-op in Files mode.
+    pub fn ensure_local_names(&self, groups: &[Vec<String>]) -> Result<(), TlsError> {
+        let Origin::LocalCa { ca, .. } = &self.origin else {
+            return Ok(());
+        };
+        let ca = lock(ca);
+        for group in groups {
+            let mut names: Vec<String> = Vec::with_capacity(group.len());
+            for name in group {
+                let name = normalize_name(name)?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let key = ca.leaf(&names)?;
+            self.served_mut().install(names, key);
+        }
+        Ok(())
+    }
+
+    /// The name groups for a mail host and its hosted domains: `[mail_host]`, then per domain
+    /// the domain itself and its `autoconfig.`, `autodiscover.`, `mta-sts.`, `mail.`, `imap.`
+    /// and `smtp.` names. A name already in an earlier group is left out of later ones, so
+    /// no two leaves claim the same name.
+    pub fn name_groups(mail_host: &str, domains: &[String]) -> Vec<Vec<String>> {
+        const PREFIXES: [&str; 7] = [
+            "",
+            "autoconfig.",
+            "autodiscover.",
+            "mta-sts.",
+            "mail.",
+            "imap.",
+            "smtp.",
+        ];
+        let host = mail_host.trim_end_matches('.').to_ascii_lowercase();
+        let mut seen = HashSet::from([host.clone()]);
+        let mut groups = vec![vec![host]];
+        for domain in domains {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            let group: Vec<String> = PREFIXES
+                .iter()
+                .map(|prefix| format!("{prefix}{domain}"))
+                .filter(|name| seen.insert(name.clone()))
+                .collect();
+            if !group.is_empty() {
+                groups.push(group);
+            }
+        }
+        groups
+    }
+
+    /// A rustls server configuration over this store: TLS 1.3 and 1.2 only (aws-lc-rs), SNI
+    /// selection as described on [`CertStore`], no client authentication, and `alpn` as the
+    /// ALPN protocols (RFC 7301) in preference order.
+    pub fn server_config(self: &Arc<Self>, alpn: Vec<Vec<u8>>) -> Arc<rustls::ServerConfig> {
+        #[allow(clippy::expect_used)] // Invariant: the aws-lc-rs provider supports both versions.
+        let builder = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .expect("aws-lc-rs supports TLS 1.2 and 1.3");
+        let mut config = builder
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SniResolver(Arc::clone(self))));
+        config.alpn_protocols = alpn;
+        Arc::new(config)
+    }
+
+    /// Serves `key` for `names` (lowercased, trailing dot dropped), replacing whichever
+    /// certificate served them before. The caller vouches that `key` matches its certificate.
+    pub fn insert(&self, names: &[String], key: Arc<CertifiedKey>) {
+        let mut clean: Vec<String> = Vec::with_capacity(names.len());
+        for name in names {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !name.is_empty() && !clean.contains(&name) {
+                clean.push(name);
+            }
+        }
+        self.served_mut().install(clean, key);
+    }
+
+    /// Files mode: re-reads every pair whose certificate or key file changed (mtime or length)
+    /// and serves the new certificate. Returns whether anything changed. A pair that fails to
+    /// load keeps its previous certificate, is logged, and makes the call return its error
+    /// (other pairs are still reloaded); it is retried once its files change again.
+    /// Always `Ok(false)` in local-CA mode.
+    pub fn reload_changed(&self) -> Result<bool, TlsError> {
+        let Origin::Files(watched) = &self.origin else {
+            return Ok(false);
+        };
+        let mut watched = lock(watched);
+        let mut changed = false;
+        let mut first_error = None;
+        for w in watched.iter_mut() {
+            let stamps = [stamp(&w.pair.cert), stamp(&w.pair.key)];
+            if stamps == w.stamps {
+                continue;
+            }
+            w.stamps = stamps;
+            match load_files(&w.pair) {
+                Ok((key, names)) => {
+                    tracing::info!(cert = %w.pair.cert.display(), ?names, "reloaded certificate");
+                    let mut served = self.served_mut();
+                    served.remove(&w.key);
+                    served.install(names, Arc::clone(&key));
+                    w.key = key;
+                    changed = true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "certificate reload failed; keeping the previous one");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(changed), Err)
+    }
+
+    /// Spawns a task calling [`reload_changed`](Self::reload_changed) every `interval`
+    /// (at least 1 ms). It stops when the handle is aborted or the store is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // The first tick is immediate; the files were just loaded.
+            loop {
+                ticks.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                // Failures were logged by reload_changed and keep the old certificate.
+                let _ = tokio::task::spawn_blocking(move || store.reload_changed()).await;
+            }
+        })
+    }
+
+    /// Path of the local CA certificate (Some in local-CA mode), for clients to trust.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        match &self.origin {
+            Origin::LocalCa { ca_path, .. } => Some(ca_path.clone()),
+            Origin::Files(_) => None,
+        }
+    }
+
+    /// Every served certificate with its names, issuer and not-after, in installation order.
+    pub fn status(&self) -> Vec<CertInfo> {
+        self.served()
+            .entries
+            .iter()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let served = self.served();
+        f.debug_struct("CertStore")
+            .field("ca_path", &self.ca_path())
+            .field("names", &served.by_name.keys().collect::<Vec<_>>())
+            .field("default", &served.default_name)
+            .finish()
+    }
+}
+
+/// The rustls hook: picks the certificate for each ClientHello's SNI.
+#[derive(Debug)]
+struct SniResolver(Arc<CertStore>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.served().lookup(hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(names: &[&[&str]]) -> Result<Served, TlsError> {
+        let dir = tempfile::tempdir().map_err(|source| TlsError::Write {
+            path: "tmp".into(),
+            source,
+        })?;
+        let ca = LocalCa::open(dir.path())?;
+        let mut served = Served::default();
+        for group in names {
+            let group: Vec<String> = group.iter().map(|s| s.to_string()).collect();
+            served.install(group.clone(), ca.leaf(&group)?);
+        }
+        Ok(served)
+    }
+
+    fn served_for(served: &Served, sni: Option<&str>) -> Option<Vec<String>> {
+        let key = served.lookup(sni)?;
+        served
+            .entries
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.key, &key))
+            .map(|e| e.info.names.clone())
+    }
+
+    #[test]
+    fn selection_is_exact_then_one_label_wildcard_then_default() -> Result<(), TlsError> {
+        let served = store_with(&[
+            &["mail.example.test"],
+            &["*.example.org"],
+            &["a.example.org"],
+        ])?;
+        let host = Some(vec!["mail.example.test".to_string()]);
+        let wild = Some(vec!["*.example.org".to_string()]);
+        assert_eq!(
+            served_for(&served, Some("a.example.org")),
+            Some(vec!["a.example.org".into()])
+        );
+        assert_eq!(served_for(&served, Some("B.Example.ORG.")), wild);
+        assert_eq!(
+            served_for(&served, Some("x.b.example.org")),
+            host,
+            "wildcard is one label deep"
+        );
+        assert_eq!(
+            served_for(&served, Some("example.org")),
+            host,
+            "wildcard does not cover the parent"
+        );
+        assert_eq!(served_for(&served, None), host);
+        Ok(())
+    }
+
+    #[test]
+    fn install_takes_names_from_older_certificates() -> Result<(), TlsError> {
+        let mut served = store_with(&[&["a.example.test", "b.example.test"]])?;
+        let newer = Arc::clone(
+            served
+                .lookup(Some("a.example.test"))
+                .as_ref()
+                .ok_or(TlsError::InvalidName("a".into()))?,
+        );
+        served.install(vec!["b.example.test".into()], newer);
+        let names: Vec<Vec<String>> = served
+            .entries
+            .iter()
+            .map(|e| e.info.names.clone())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["a.example.test".to_string()],
+                vec!["b.example.test".to_string()]
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn host_names_are_validated() {
+        assert_eq!(
+            normalize_name("Mail.Example.ORG.").ok().as_deref(),
+            Some("mail.example.org")
+        );
+        assert_eq!(
+            normalize_name("*.example.org").ok().as_deref(),
+            Some("*.example.org")
+        );
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a..b",
+            "-a.example",
+            "a/b.example",
+            "a.*.example",
+            "é.example",
+        ] {
+            assert!(normalize_name(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn name_groups_cover_client_discovery_names_without_duplicates() {
+        let groups = CertStore::name_groups(
+            "mail.example.org",
+            &["Example.org".into(), "example.net".into()],
+        );
+        assert_eq!(groups[0], vec!["mail.example.org"]);
+        assert_eq!(
+            groups[1],
+            vec![
+                "example.org",
+                "autoconfig.example.org",
+                "autodiscover.example.org",
+                "mta-sts.example.org",
+                "imap.example.org",
+                "smtp.example.org"
+            ]
+        );
+        assert_eq!(groups[2].len(), 7);
+        assert_eq!(groups[2][0], "example.net");
+    }
+}
