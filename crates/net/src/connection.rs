@@ -350,7 +350,11 @@ impl Connection {
 
     /// One socket read into the buffer, until `deadline`. With `may_stop`, returns
     /// [`FillEvent::Shutdown`] as soon as shutdown has begun.
-    async fn fill_until(&mut self, deadline: Instant, may_stop: bool) -> Result<FillEvent, NetError> {
+    async fn fill_until(
+        &mut self,
+        deadline: Instant,
+        may_stop: bool,
+    ) -> Result<FillEvent, NetError> {
         if may_stop && self.shutdown.is_triggered() {
             return Ok(FillEvent::Shutdown);
         }

@@ -161,7 +161,8 @@ pub async fn serve<H: SessionHandler>(
         let local = tcp.local_addr().unwrap_or(listen_addr);
         let id = next_id();
         let ip_slot = per_ip.try_acquire(peer.ip(), spec.max_per_ip);
-        let span = tracing::info_span!("conn", proto, peer = %peer, id, user = tracing::field::Empty);
+        let span =
+            tracing::info_span!("conn", proto, peer = %peer, id, user = tracing::field::Empty);
         let handler = Arc::clone(&handler);
         let tls = tls.clone();
         let mode = spec.tls_mode;

@@ -192,6 +192,9 @@ mod tests {
         BASE64.encode(bytes).into_bytes()
     }
 
+    /// (authzid, authcid, password) or the error.
+    type Decoded = Result<(Option<String>, String, String), SaslError>;
+
     #[test]
     fn plain_table() {
         let ok = |authzid: Option<&str>, authcid: &str, password: &str| {
@@ -201,10 +204,16 @@ mod tests {
                 password.to_owned(),
             ))
         };
-        let cases: &[(&[u8], Result<(Option<String>, String, String), SaslError>)] = &[
+        let cases: &[(&[u8], Decoded)] = &[
             (b"\0alice\0secret", ok(None, "alice", "secret")),
-            (b"admin\0alice\0secret", ok(Some("admin"), "alice", "secret")),
-            ("\0j\u{f6}rg\0p\u{e4}ss w\u{f6}rd".as_bytes(), ok(None, "j\u{f6}rg", "p\u{e4}ss w\u{f6}rd")),
+            (
+                b"admin\0alice\0secret",
+                ok(Some("admin"), "alice", "secret"),
+            ),
+            (
+                "\0j\u{f6}rg\0p\u{e4}ss w\u{f6}rd".as_bytes(),
+                ok(None, "j\u{f6}rg", "p\u{e4}ss w\u{f6}rd"),
+            ),
             (b"alice\0secret", Err(SaslError::MissingNul)),
             (b"alicesecret", Err(SaslError::MissingNul)),
             (b"\0\0secret", Err(SaslError::EmptyAuthcid)),
@@ -242,7 +251,11 @@ mod tests {
     #[test]
     fn padding_and_line_ending_are_tolerated() {
         // "\0alice\0secret" with and without padding, with a CRLF left on.
-        for line in [&b"AGFsaWNlAHNlY3JldA=="[..], b"AGFsaWNlAHNlY3JldA", b"AGFsaWNlAHNlY3JldA==\r\n"] {
+        for line in [
+            &b"AGFsaWNlAHNlY3JldA=="[..],
+            b"AGFsaWNlAHNlY3JldA",
+            b"AGFsaWNlAHNlY3JldA==\r\n",
+        ] {
             let creds = decode_plain(line).expect("valid PLAIN");
             assert_eq!(creds.authcid, "alice");
             assert_eq!(creds.password.expose(), "secret");
@@ -253,26 +266,48 @@ mod tests {
     fn overlong_input_rejected() {
         let long_password = "x".repeat(MAX_DECODED_LEN);
         let message = format!("\0alice\0{long_password}");
-        assert_eq!(decode_plain(&b64(message.as_bytes())), Err(SaslError::TooLong));
+        assert_eq!(
+            decode_plain(&b64(message.as_bytes())),
+            Err(SaslError::TooLong)
+        );
         let just_fits = format!("\0alice\0{}", "x".repeat(MAX_DECODED_LEN - 7));
         assert!(decode_plain(&b64(just_fits.as_bytes())).is_ok());
-        assert_eq!(decode_base64_line(&vec![b'A'; MAX_ENCODED_LEN + 4]), Err(SaslError::TooLong));
+        assert_eq!(
+            decode_base64_line(&vec![b'A'; MAX_ENCODED_LEN + 4]),
+            Err(SaslError::TooLong)
+        );
     }
 
     #[test]
     fn login_steps() {
-        assert_eq!(BASE64.decode(LOGIN_USERNAME_CHALLENGE).ok(), Some(b"Username:".to_vec()));
-        assert_eq!(BASE64.decode(LOGIN_PASSWORD_CHALLENGE).ok(), Some(b"Password:".to_vec()));
-        assert_eq!(decode_base64_line(&b64(b"alice@example.org")).as_deref(), Ok("alice@example.org"));
+        assert_eq!(
+            BASE64.decode(LOGIN_USERNAME_CHALLENGE).ok(),
+            Some(b"Username:".to_vec())
+        );
+        assert_eq!(
+            BASE64.decode(LOGIN_PASSWORD_CHALLENGE).ok(),
+            Some(b"Password:".to_vec())
+        );
+        assert_eq!(
+            decode_base64_line(&b64(b"alice@example.org")).as_deref(),
+            Ok("alice@example.org")
+        );
         assert_eq!(decode_base64_line(&b64(b"pa ss")).as_deref(), Ok("pa ss"));
-        assert_eq!(decode_base64_line(&b64(b"pa\0ss")), Err(SaslError::EmbeddedNul));
+        assert_eq!(
+            decode_base64_line(&b64(b"pa\0ss")),
+            Err(SaslError::EmbeddedNul)
+        );
         assert_eq!(decode_base64_line(&b64(b"\xfe")), Err(SaslError::NotUtf8));
     }
 
     #[test]
     fn credentials_debug_never_shows_password() {
         let creds = decode_plain(&b64(b"admin\0alice\0hunter2-very-secret")).expect("valid");
-        for shown in [format!("{creds:?}"), format!("{creds:#?}"), format!("{}", creds.password)] {
+        for shown in [
+            format!("{creds:?}"),
+            format!("{creds:#?}"),
+            format!("{}", creds.password),
+        ] {
             assert!(!shown.contains("hunter2"), "{shown}");
         }
         assert!(format!("{creds:?}").contains("REDACTED"));

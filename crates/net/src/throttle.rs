@@ -255,7 +255,11 @@ mod tests {
         let later = start + secs(15 * 60);
         assert_eq!(t.delay_at("alice", A, later), Duration::ZERO);
         t.failure_at("alice", A, later);
-        assert_eq!(t.delay_at("alice", A, later), Duration::ZERO, "count restarted at 1");
+        assert_eq!(
+            t.delay_at("alice", A, later),
+            Duration::ZERO,
+            "count restarted at 1"
+        );
     }
 
     #[test]
@@ -276,7 +280,11 @@ mod tests {
         for _ in 0..3 {
             t.failure_at("victim", newest, now);
         }
-        assert_eq!(t.delay_at("victim", newest, now), secs(2), "newest key kept");
+        assert_eq!(
+            t.delay_at("victim", newest, now),
+            secs(2),
+            "newest key kept"
+        );
     }
 
     #[test]

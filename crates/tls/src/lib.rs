@@ -2,7 +2,7 @@
 //!
 //! One [`CertStore`] holds every certificate the server presents and picks one per connection
 //! from the client's Server Name Indication. Certificates come from PEM files named in the
-//! configuration ([`CertSource::Files`], hot-reloaded when their mtime changes) or from a local
+//! configuration ([`CertSource::Files`], re-read when their mtime or size changes) or from a local
 //! certificate authority kept on disk ([`CertSource::LocalCa`], for the demo and first start).
 //! ACME will feed the same store through [`CertStore::insert`].
 //!
@@ -16,8 +16,9 @@
 //! - Every rustls configuration is built with the aws-lc-rs provider passed explicitly
 //!   ([`provider`]); nothing relies on a process-wide default provider.
 //! - Only TLS 1.3 and TLS 1.2 are ever enabled; a TLS 1.1 or older ClientHello is refused.
-//! - A certificate is only installed after its private key was checked to match it; a file that
-//!   fails to load never replaces a certificate already being served.
+//! - A certificate from a file or the local CA is only installed after its private key was
+//!   checked to match it (callers of [`CertStore::insert`] vouch for theirs); a file that fails
+//!   to load never replaces a certificate already being served.
 //! - Certificate selection never fails while any certificate is loaded: exact name, then
 //!   one-label wildcard, then the default certificate (the mail host, or the first loaded).
 //! - Files this crate writes are written to a temporary file and renamed into place; private keys
@@ -78,6 +79,16 @@ pub enum TlsError {
     Generate { what: String, source: rcgen::Error },
 }
 
+impl TlsError {
+    /// A [`TlsError::BadCertificate`] for `path` with `reason`.
+    pub(crate) fn bad_cert(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+        TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// The crypto provider used for every configuration this crate builds: aws-lc-rs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -93,17 +104,13 @@ pub const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
 pub fn client_config_trusting(ca_pem_path: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in pem::read_chain(ca_pem_path)? {
-        roots.add(cert).map_err(|e| TlsError::BadCertificate {
-            path: ca_pem_path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::bad_cert(ca_pem_path, e))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
-        .map_err(|e| TlsError::BadCertificate {
-            path: ca_pem_path.to_owned(),
-            reason: format!("TLS configuration: {e}"),
-        })?
+        .map_err(|e| TlsError::bad_cert(ca_pem_path, e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

@@ -2,6 +2,11 @@
 //!
 //! Layout of the directory: `ca.pem`, `ca-key.pem` (0600), and `certs/<primary>.pem` plus
 //! `certs/<primary>.key.pem` (0600) for each group of names. All keys are ECDSA P-256.
+//!
+//! Concurrency: files are replaced by rename, so a reader never sees a partial file. The CA key
+//! is linked into place only if absent, so concurrent first starts share one CA. Two processes
+//! issuing the same leaf at once may leave a key and certificate from different runs; each
+//! serves its own consistent pair, and the next start sees the mismatch and re-issues.
 
 use std::fs;
 use std::io::{self, Write};
@@ -27,8 +32,8 @@ const CA_NAME: &str = "Tessera local CA";
 const CA_VALIDITY: Duration = Duration::days(3650);
 /// Leaves stay under the 398-day limit browsers and Apple clients apply to server certificates.
 const LEAF_VALIDITY: Duration = Duration::days(365);
-/// A stored leaf is re-issued when it would expire within this window.
-const RENEW_BEFORE: Duration = Duration::days(30);
+/// A stored leaf is re-issued when it would expire within this window (30 days).
+const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// Backdating of `notBefore`, to tolerate clients whose clocks run slightly behind.
 const BACKDATE: Duration = Duration::hours(1);
 
@@ -50,32 +55,21 @@ impl LocalCa {
     /// silently replaced: clients may already trust it.
     pub(crate) fn open(dir: &Path) -> Result<Self, TlsError> {
         create_private_dir(dir)?;
-        let key_path = dir.join("ca-key.pem");
-        let cert_path = dir.join("ca.pem");
+        let (key_path, cert_path) = (dir.join("ca-key.pem"), dir.join("ca.pem"));
         if !key_path.exists() {
-            let key = generate_key("local CA key")?;
-            write_atomic(
-                &key_path,
-                key.serialize_pem().as_bytes(),
-                Secret::Yes,
-                Replace::No,
-            )?;
+            let key = generate_key("local CA key")?.serialize_pem();
+            write_atomic(&key_path, key.as_bytes(), SECRET, Replace::No)?;
         }
-        let key_pem = fs::read_to_string(&key_path).map_err(|source| TlsError::ReadKey {
+        let key = fs::read_to_string(&key_path).map_err(|source| TlsError::ReadKey {
             path: key_path.clone(),
             source,
         })?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pem {
+        let key = KeyPair::from_pem(&key).map_err(|e| TlsError::Pem {
             path: key_path.clone(),
             reason: e.to_string(),
         })?;
         let ca_der = match pem::read_chain(&cert_path) {
-            Ok(chain) => chain
-                .into_iter()
-                .next()
-                .ok_or_else(|| TlsError::NoCertificate {
-                    path: cert_path.clone(),
-                })?,
+            Ok(chain) => chain.into_iter().next(),
             Err(TlsError::ReadCert { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 let cert = ca_params()
                     .self_signed(&key)
@@ -83,30 +77,23 @@ impl LocalCa {
                         what: CA_NAME.into(),
                         source,
                     })?;
-                write_atomic(&cert_path, cert.pem().as_bytes(), Secret::No, Replace::Yes)?;
+                write_atomic(&cert_path, cert.pem().as_bytes(), PUBLIC, Replace::Yes)?;
                 tracing::info!(path = %cert_path.display(), "created local CA certificate");
-                cert.der().clone()
+                Some(cert.der().clone())
             }
             Err(e) => return Err(e),
         };
-        pem::certify(vec![ca_der.clone()], key_der(&key), &cert_path, &key_path)?;
-        let issuer =
-            Issuer::from_ca_cert_der(&ca_der, key).map_err(|e| TlsError::BadCertificate {
-                path: cert_path.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_der).map_err(|e| TlsError::BadCertificate {
+        let ca_der = ca_der.ok_or_else(|| TlsError::NoCertificate {
             path: cert_path.clone(),
-            reason: e.to_string(),
         })?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::provider())
-                .build()
-                .map_err(|e| TlsError::BadCertificate {
-                    path: cert_path,
-                    reason: e.to_string(),
-                })?;
+        pem::certify(vec![ca_der.clone()], key_der(&key), &cert_path, &key_path)?;
+        let bad = |e: &dyn std::fmt::Display| TlsError::bad_cert(&cert_path, e);
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(|e| bad(&e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der).map_err(|e| bad(&e))?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots.into(), crate::provider())
+            .build()
+            .map_err(|e| bad(&e))?;
         Ok(LocalCa {
             dir: dir.to_owned(),
             issuer,
@@ -148,10 +135,10 @@ impl LocalCa {
         write_atomic(
             &key_path,
             key.serialize_pem().as_bytes(),
-            Secret::Yes,
+            SECRET,
             Replace::Yes,
         )?;
-        write_atomic(&cert_path, cert.pem().as_bytes(), Secret::No, Replace::Yes)?;
+        write_atomic(&cert_path, cert.pem().as_bytes(), PUBLIC, Replace::Yes)?;
         pem::certify(
             vec![cert.der().clone()],
             key_der(&key),
@@ -172,11 +159,8 @@ impl LocalCa {
         }
         let certified = pem::load_pair(cert, key).map_err(|e| e.to_string())?;
         let leaf = certified.end_entity_cert().map_err(|e| e.to_string())?;
-        let later = SystemTime::now()
-            + std::time::Duration::from_secs(RENEW_BEFORE.whole_seconds().unsigned_abs());
-        let later = later
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|e| e.to_string())?;
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+        let later = UnixTime::since_unix_epoch(now.map_err(|e| e.to_string())? + RENEW_BEFORE);
         for name in names {
             // A wildcard is checked with a name only it can cover.
             let probe = match name.strip_prefix("*.") {
@@ -185,13 +169,7 @@ impl LocalCa {
             };
             let server_name = ServerName::try_from(probe).map_err(|e| e.to_string())?;
             self.verifier
-                .verify_server_cert(
-                    leaf,
-                    &[],
-                    &server_name,
-                    &[],
-                    UnixTime::since_unix_epoch(later),
-                )
+                .verify_server_cert(leaf, &[], &server_name, &[], later)
                 .map_err(|e| format!("not valid for {name} in 30 days: {e}"))?;
         }
         Ok(certified)
@@ -257,11 +235,9 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
     })
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Secret {
-    Yes,
-    No,
-}
+/// File modes: private keys are readable by the owner only.
+const SECRET: u32 = 0o600;
+const PUBLIC: u32 = 0o644;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Replace {
@@ -273,12 +249,7 @@ enum Replace {
 /// (`Replace::Yes`) or links it to `path` only if nothing is there (`Replace::No`; losing that
 /// race is not an error). Secrets are created with mode 0600, so they are never readable by
 /// others, not even briefly.
-fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    secret: Secret,
-    replace: Replace,
-) -> Result<(), TlsError> {
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, replace: Replace) -> Result<(), TlsError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let err = |source| TlsError::Write {
         path: path.to_owned(),
@@ -296,10 +267,7 @@ fn write_atomic(
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(
-        &mut options,
-        if secret == Secret::Yes { 0o600 } else { 0o644 },
-    );
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
     let result = options.open(&tmp).and_then(|mut file| {
         file.write_all(contents)?;
         file.sync_all()?;
@@ -321,60 +289,62 @@ fn write_atomic(
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn ca_files_are_created_once_with_private_key_mode() -> Result<(), TlsError> {
-        let dir = tempfile::tempdir().map_err(|source| TlsError::Write {
-            path: "tmp".into(),
-            source,
-        })?;
-        let ca = LocalCa::open(dir.path())?;
-        let before = fs::read(ca.cert_path()).map_err(|source| TlsError::ReadCert {
-            path: ca.cert_path(),
-            source,
-        })?;
-        let again = LocalCa::open(dir.path())?;
-        let after = fs::read(again.cert_path()).map_err(|source| TlsError::ReadCert {
-            path: again.cert_path(),
-            source,
-        })?;
+    fn ca_files_are_created_once_with_private_key_mode() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let before = fs::read(LocalCa::open(dir.path())?.cert_path())?;
+        let after = fs::read(LocalCa::open(dir.path())?.cert_path())?;
         assert_eq!(before, after, "reopening must not replace the CA");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode =
-                fs::metadata(dir.path().join("ca-key.pem")).map(|m| m.permissions().mode() & 0o777);
-            assert_eq!(mode.ok(), Some(0o600));
+            let mode = fs::metadata(dir.path().join("ca-key.pem"))?
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, SECRET);
         }
         Ok(())
     }
 
     #[test]
-    fn missing_ca_certificate_is_remade_from_the_existing_key() -> Result<(), TlsError> {
-        let dir = tempfile::tempdir().map_err(|source| TlsError::Write {
-            path: "tmp".into(),
-            source,
-        })?;
+    fn missing_ca_certificate_is_remade_from_the_existing_key() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let ca = LocalCa::open(dir.path())?;
-        let leaf = ca.leaf(&["a.example.test".into()])?;
-        fs::remove_file(ca.cert_path()).map_err(|source| TlsError::Write {
-            path: ca.cert_path(),
-            source,
-        })?;
-        let reopened = LocalCa::open(dir.path())?;
-        // The old leaf still verifies under the new CA certificate: same key, same subject.
         let names = ["a.example.test".to_string()];
-        let stored = dir.path().join("certs");
-        let reused = reopened
-            .reusable(
-                &stored.join("a.example.test.pem"),
-                &stored.join("a.example.test.key.pem"),
-                &names,
-            )
-            .map_err(|reason| TlsError::BadCertificate {
-                path: stored.clone(),
-                reason,
-            })?;
+        let leaf = ca.leaf(&names)?;
+        fs::remove_file(ca.cert_path())?;
+        // The old leaf still verifies under the new CA certificate: same key, same subject.
+        let reused = LocalCa::open(dir.path())?.leaf(&names)?;
         assert_eq!(reused.cert, leaf.cert);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_ca() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    LocalCa::open(&dir)?.leaf(&[format!("h{i}.example.test")])
+                })
+            })
+            .collect();
+        let mut leaves = Vec::new();
+        for thread in threads {
+            leaves.push(thread.join().map_err(|_| "thread panicked")??);
+        }
+        // Every leaf, whichever process issued it, verifies under the CA left on disk.
+        let ca = LocalCa::open(dir.path())?;
+        for (i, leaf) in leaves.iter().enumerate() {
+            let reused = ca.leaf(&[format!("h{i}.example.test")])?;
+            assert_eq!(
+                reused.cert, leaf.cert,
+                "leaf {i} not reusable under the final CA"
+            );
+        }
         Ok(())
     }
 }

@@ -40,6 +40,7 @@ pub struct CertInfo {
     pub names: Vec<String>,
     /// The issuer's distinguished name.
     pub issuer: String,
+    /// The end of the leaf's validity period (UTC).
     pub not_after: OffsetDateTime,
 }
 
@@ -56,7 +57,7 @@ enum Origin {
     Files(Mutex<Vec<Watched>>),
     LocalCa {
         ca_path: PathBuf,
-        ca: Mutex<LocalCa>,
+        ca: Box<Mutex<LocalCa>>,
     },
 }
 
@@ -183,18 +184,15 @@ fn load_files(pair: &PemPair) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsErr
     let key = pem::load_pair(&pair.cert, &pair.key)?;
     let leaf = key
         .end_entity_cert()
-        .map_err(|e| TlsError::BadCertificate {
-            path: pair.cert.clone(),
-            reason: e.to_string(),
-        })?;
-    let facts = pem::cert_facts(leaf).map_err(|reason| TlsError::BadCertificate {
-        path: pair.cert.clone(),
-        reason,
-    })?;
+        .map_err(|e| TlsError::bad_cert(&pair.cert, e))?;
+    let facts = pem::cert_facts(leaf).map_err(|e| TlsError::bad_cert(&pair.cert, e))?;
     if facts.dns_names.is_empty() {
         return Err(TlsError::NoNames {
             path: pair.cert.clone(),
         });
+    }
+    if facts.not_after < OffsetDateTime::now_utc() {
+        tracing::warn!(cert = %pair.cert.display(), not_after = %facts.not_after, "certificate has expired");
     }
     Ok((key, facts.dns_names))
 }
@@ -225,7 +223,7 @@ impl CertStore {
                 let ca = LocalCa::open(&dir)?;
                 Origin::LocalCa {
                     ca_path: ca.cert_path(),
-                    ca: Mutex::new(ca),
+                    ca: Box::new(Mutex::new(ca)),
                 }
             }
         };
@@ -424,67 +422,63 @@ impl ResolvesServerCert for SniResolver {
 mod tests {
     use super::*;
 
-    fn store_with(names: &[&[&str]]) -> Result<Served, TlsError> {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Each group installed with its own local-CA leaf, in order.
+    fn served_with(groups: &[&[&str]]) -> Result<Served, TlsError> {
         let dir = tempfile::tempdir().map_err(|source| TlsError::Write {
             path: "tmp".into(),
             source,
         })?;
         let ca = LocalCa::open(dir.path())?;
         let mut served = Served::default();
-        for group in names {
-            let group: Vec<String> = group.iter().map(|s| s.to_string()).collect();
-            served.install(group.clone(), ca.leaf(&group)?);
+        for group in groups {
+            served.install(strings(group), ca.leaf(&strings(group))?);
         }
         Ok(served)
     }
 
-    fn served_for(served: &Served, sni: Option<&str>) -> Option<Vec<String>> {
-        let key = served.lookup(sni)?;
-        served
+    /// The names of the certificate served for `sni`.
+    fn pick(served: &Served, sni: Option<&str>) -> Vec<String> {
+        let key = served.lookup(sni);
+        let entry = served
             .entries
             .iter()
-            .find(|e| Arc::ptr_eq(&e.key, &key))
-            .map(|e| e.info.names.clone())
+            .find(|e| key.as_ref().is_some_and(|k| Arc::ptr_eq(&e.key, k)));
+        entry.map(|e| e.info.names.clone()).unwrap_or_default()
     }
 
     #[test]
-    fn selection_is_exact_then_one_label_wildcard_then_default() -> Result<(), TlsError> {
-        let served = store_with(&[
+    fn selection_is_exact_then_one_label_wildcard_then_default() -> TestResult {
+        let served = served_with(&[
             &["mail.example.test"],
             &["*.example.org"],
             &["a.example.org"],
         ])?;
-        let host = Some(vec!["mail.example.test".to_string()]);
-        let wild = Some(vec!["*.example.org".to_string()]);
+        assert_eq!(pick(&served, Some("a.example.org")), ["a.example.org"]);
+        assert_eq!(pick(&served, Some("B.Example.ORG.")), ["*.example.org"]);
+        // RFC 6125 §6.4.3: not two labels deep, and not the parent itself.
         assert_eq!(
-            served_for(&served, Some("a.example.org")),
-            Some(vec!["a.example.org".into()])
+            pick(&served, Some("x.b.example.org")),
+            ["mail.example.test"]
         );
-        assert_eq!(served_for(&served, Some("B.Example.ORG.")), wild);
-        assert_eq!(
-            served_for(&served, Some("x.b.example.org")),
-            host,
-            "wildcard is one label deep"
-        );
-        assert_eq!(
-            served_for(&served, Some("example.org")),
-            host,
-            "wildcard does not cover the parent"
-        );
-        assert_eq!(served_for(&served, None), host);
+        assert_eq!(pick(&served, Some("example.org")), ["mail.example.test"]);
+        assert_eq!(pick(&served, None), ["mail.example.test"]);
         Ok(())
     }
 
     #[test]
-    fn install_takes_names_from_older_certificates() -> Result<(), TlsError> {
-        let mut served = store_with(&[&["a.example.test", "b.example.test"]])?;
-        let newer = Arc::clone(
-            served
-                .lookup(Some("a.example.test"))
-                .as_ref()
-                .ok_or(TlsError::InvalidName("a".into()))?,
-        );
-        served.install(vec!["b.example.test".into()], newer);
+    fn a_newer_certificate_takes_its_names_from_older_ones() -> TestResult {
+        let mut served =
+            served_with(&[&["a.example.test", "b.example.test"], &["c.example.test"]])?;
+        let c = served
+            .lookup(Some("c.example.test"))
+            .ok_or("no certificate")?;
+        served.install(strings(&["b.example.test", "c.example.test"]), c);
         let names: Vec<Vec<String>> = served
             .entries
             .iter()
@@ -492,9 +486,9 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec![
-                vec!["a.example.test".to_string()],
-                vec!["b.example.test".to_string()]
+            [
+                strings(&["a.example.test"]),
+                strings(&["b.example.test", "c.example.test"])
             ]
         );
         Ok(())
@@ -524,24 +518,23 @@ mod tests {
     }
 
     #[test]
-    fn name_groups_cover_client_discovery_names_without_duplicates() {
+    fn name_groups_cover_discovery_names_once() {
         let groups = CertStore::name_groups(
             "mail.example.org",
-            &["Example.org".into(), "example.net".into()],
+            &strings(&["Example.org", "example.net"]),
         );
-        assert_eq!(groups[0], vec!["mail.example.org"]);
-        assert_eq!(
-            groups[1],
-            vec![
-                "example.org",
-                "autoconfig.example.org",
-                "autodiscover.example.org",
-                "mta-sts.example.org",
-                "imap.example.org",
-                "smtp.example.org"
-            ]
-        );
-        assert_eq!(groups[2].len(), 7);
-        assert_eq!(groups[2][0], "example.net");
+        assert_eq!(groups[0], ["mail.example.org"]);
+        let org = [
+            "example.org",
+            "autoconfig.example.org",
+            "autodiscover.example.org",
+        ];
+        let org_rest = [
+            "mta-sts.example.org",
+            "imap.example.org",
+            "smtp.example.org",
+        ];
+        assert_eq!(groups[1], [org.as_slice(), org_rest.as_slice()].concat());
+        assert_eq!((groups[2].len(), groups[2][0].as_str()), (7, "example.net"));
     }
 }

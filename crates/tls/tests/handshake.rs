@@ -61,6 +61,16 @@ async fn handshake(
     Ok((version, chain))
 }
 
+/// The leaf certificate the server presents for `sni`.
+async fn leaf_for(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> Result<CertificateDer<'static>, Box<dyn Error + Send + Sync>> {
+    let (_, chain) = handshake(addr, Arc::clone(config), sni).await?;
+    Ok(chain.into_iter().next().ok_or("empty chain")?)
+}
+
 fn san_names(der: &CertificateDer<'_>) -> Result<Vec<String>, Box<dyn Error + Send + Sync>> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)?;
     let san = cert
@@ -158,8 +168,7 @@ async fn sni_selects_the_certificate_of_each_domain_and_verifies_against_the_loc
         ("mta-sts.example.net", "example.net"),
         ("mail.example.test", "mail.example.test"),
     ] {
-        let (_, chain) = handshake(addr, Arc::clone(&client), sni).await?;
-        let names = san_names(chain.first().ok_or("empty chain")?)?;
+        let names = san_names(&leaf_for(addr, &client, sni).await?)?;
         assert_eq!(
             names.first().map(String::as_str),
             Some(expected),
@@ -178,11 +187,8 @@ async fn unknown_sni_gets_the_default_certificate() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = local_store(dir.path(), &["example.org"])?;
     let addr = serve(&store).await?;
-    let (_, chain) = handshake(addr, accept_any_client()?, "unknown.example.com").await?;
-    assert_eq!(
-        san_names(chain.first().ok_or("empty chain")?)?,
-        vec![MAIL_HOST]
-    );
+    let leaf = leaf_for(addr, &accept_any_client()?, "unknown.example.com").await?;
+    assert_eq!(san_names(&leaf)?, [MAIL_HOST]);
     // A verifying client refuses it: the default certificate does not cover that name.
     let client = tls::client_config_trusting(&ca_path(&store)?)?;
     assert!(
@@ -289,9 +295,12 @@ async fn local_leaves_are_reused_across_restarts_and_reissued_when_a_name_is_add
     assert_eq!(std::fs::read(&ca_file)?, ca, "CA replaced on restart");
     let addr = serve(&restarted).await?;
     let client = tls::client_config_trusting(&ca_file)?;
-    let (_, chain) = handshake(addr, Arc::clone(&client), "smtp.example.org").await?;
-    let served = CertificateDer::from_pem_slice(&leaf)?;
-    assert_eq!(chain.first(), Some(&served), "the reused leaf is served");
+    let served = leaf_for(addr, &client, "smtp.example.org").await?;
+    assert_eq!(
+        served,
+        CertificateDer::from_pem_slice(&leaf)?,
+        "the reused leaf is served"
+    );
 
     let mut groups = CertStore::name_groups(MAIL_HOST, &["example.org".into()]);
     groups[1].push("webmail.example.org".into());
@@ -301,12 +310,25 @@ async fn local_leaves_are_reused_across_restarts_and_reissued_when_a_name_is_add
         leaf,
         "a new name must re-issue the leaf"
     );
-    let (_, chain) = handshake(addr, client, "webmail.example.org").await?;
-    assert!(
-        san_names(chain.first().ok_or("empty chain")?)?
-            .contains(&"webmail.example.org".to_string())
-    );
+    let served = leaf_for(addr, &client, "webmail.example.org").await?;
+    assert!(san_names(&served)?.contains(&"webmail.example.org".to_string()));
     Ok(())
+}
+
+fn pem_pair(dir: &Path, stem: &str) -> PemPair {
+    PemPair {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key.pem")),
+    }
+}
+
+/// Sets a file's mtime `secs` ahead, so a rewrite is visible even with coarse timestamps.
+fn bump_mtime(path: &Path, secs: u64) -> std::io::Result<()> {
+    let later = SystemTime::now() + Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(later)
 }
 
 /// Writes a fresh self-signed certificate for `name` and its key; returns the certificate.
@@ -315,79 +337,49 @@ fn write_self_signed(
     name: &str,
 ) -> Result<CertificateDer<'static>, Box<dyn Error + Send + Sync>> {
     let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec![name.to_string()])?;
+        rcgen::generate_simple_self_signed([name.to_string()])?;
     std::fs::write(&pair.cert, cert.pem())?;
     std::fs::write(&pair.key, signing_key.serialize_pem())?;
-    // Make the change visible even on filesystems with coarse timestamps.
-    let later = SystemTime::now() + Duration::from_secs(name.len() as u64);
-    for path in [&pair.cert, &pair.key] {
-        std::fs::File::options()
-            .write(true)
-            .open(path)?
-            .set_modified(later)?;
-    }
+    bump_mtime(&pair.cert, name.len() as u64)?;
+    bump_mtime(&pair.key, name.len() as u64)?;
     Ok(cert.der().clone())
 }
 
 #[tokio::test]
 async fn files_mode_serves_a_rewritten_certificate_after_reload() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let pair = PemPair {
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    };
+    let pair = pem_pair(dir.path(), "cert");
     let first = write_self_signed(&pair, "a.example.test")?;
     let store = CertStore::new(CertSource::Files(vec![pair.clone()]))?;
     assert_eq!(store.ca_path(), None);
     let addr = serve(&store).await?;
     let client = accept_any_client()?;
-    assert_eq!(
-        handshake(addr, Arc::clone(&client), "a.example.test")
-            .await?
-            .1
-            .first(),
-        Some(&first)
-    );
+    assert_eq!(leaf_for(addr, &client, "a.example.test").await?, first);
     assert!(!store.reload_changed()?, "nothing changed yet");
 
     let second = write_self_signed(&pair, "bb.example.test")?;
     assert!(store.reload_changed()?);
-    assert_eq!(
-        handshake(addr, Arc::clone(&client), "bb.example.test")
-            .await?
-            .1
-            .first(),
-        Some(&second)
-    );
-    assert_eq!(store.status().len(), 1, "the old certificate is gone");
-    assert_eq!(store.status()[0].names, vec!["bb.example.test"]);
+    assert_eq!(leaf_for(addr, &client, "bb.example.test").await?, second);
+    let status = store.status();
+    assert_eq!(status.len(), 1, "the old certificate is gone");
+    assert_eq!(status[0].names, ["bb.example.test"]);
 
-    // A key that no longer matches: the error names the files, the old certificate stays.
-    let other = rcgen::KeyPair::generate()?;
-    std::fs::write(&pair.key, other.serialize_pem())?;
-    std::fs::File::options()
-        .write(true)
-        .open(&pair.key)?
-        .set_modified(SystemTime::now() + Duration::from_secs(60))?;
+    // A key that no longer matches: an error naming the files, and the old certificate stays.
+    std::fs::write(&pair.key, rcgen::KeyPair::generate()?.serialize_pem())?;
+    bump_mtime(&pair.key, 60)?;
     let err = store
         .reload_changed()
         .err()
         .ok_or("mismatched key accepted")?;
     assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
-    assert_eq!(
-        handshake(addr, client, "bb.example.test").await?.1.first(),
-        Some(&second)
-    );
+    assert_eq!(leaf_for(addr, &client, "bb.example.test").await?, second);
     Ok(())
 }
 
 #[tokio::test]
 async fn spawn_reloader_picks_up_a_rewritten_certificate() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let pair = PemPair {
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    };
+    let pair = pem_pair(dir.path(), "cert");
     write_self_signed(&pair, "a.example.test")?;
     let store = CertStore::new(CertSource::Files(vec![pair.clone()]))?;
     let reloader = store.spawn_reloader(Duration::from_millis(20));
@@ -407,68 +399,54 @@ async fn spawn_reloader_picks_up_a_rewritten_certificate() -> TestResult {
 #[test]
 fn load_errors_name_the_file() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let a = PemPair {
-        cert: dir.path().join("a.pem"),
-        key: dir.path().join("a.key.pem"),
-    };
-    let b = PemPair {
-        cert: dir.path().join("b.pem"),
-        key: dir.path().join("b.key.pem"),
-    };
+    let (a, b) = (pem_pair(dir.path(), "a"), pem_pair(dir.path(), "b"));
     write_self_signed(&a, "a.example.test")?;
     write_self_signed(&b, "b.example.test")?;
-    let load = |pair: PemPair| {
-        CertStore::new(CertSource::Files(vec![pair]))
-            .err()
-            .map(|e| e.to_string())
-    };
-
-    let mismatched = load(PemPair {
-        cert: a.cert.clone(),
-        key: b.key.clone(),
-    })
-    .ok_or("mismatch accepted")?;
-    assert_eq!(
-        mismatched,
-        format!(
-            "certificate {} does not match its key {}",
-            a.cert.display(),
-            b.key.display()
-        )
-    );
-
     let missing = dir.path().join("missing.pem");
-    let err = load(PemPair {
-        cert: missing.clone(),
-        key: a.key.clone(),
-    })
-    .ok_or("missing file accepted")?;
-    assert!(
-        err.starts_with(&format!("cannot read certificate {}: ", missing.display())),
-        "{err}"
-    );
-    let err = load(PemPair {
-        cert: a.cert.clone(),
-        key: missing.clone(),
-    })
-    .ok_or("missing key accepted")?;
-    assert!(
-        err.starts_with(&format!("cannot read private key {}: ", missing.display())),
-        "{err}"
-    );
-
-    let err = load(PemPair {
-        cert: a.cert.clone(),
-        key: a.cert.clone(),
-    })
-    .ok_or("cert as key accepted")?;
-    assert_eq!(err, format!("no private key in {}", a.cert.display()));
-    let err = load(PemPair {
-        cert: a.key.clone(),
-        key: a.key.clone(),
-    })
-    .ok_or("key as cert accepted")?;
-    assert_eq!(err, format!("no certificate in {}", a.key.display()));
+    let cases = [
+        (
+            &a.cert,
+            &b.key,
+            format!(
+                "certificate {} does not match its key {}",
+                a.cert.display(),
+                b.key.display()
+            ),
+        ),
+        (
+            &missing,
+            &a.key,
+            format!("cannot read certificate {}: ", missing.display()),
+        ),
+        (
+            &a.cert,
+            &missing,
+            format!("cannot read private key {}: ", missing.display()),
+        ),
+        (
+            &a.cert,
+            &a.cert,
+            format!("no private key in {}", a.cert.display()),
+        ),
+        (
+            &a.key,
+            &a.key,
+            format!("no certificate in {}", a.key.display()),
+        ),
+    ];
+    for (cert, key, expected) in cases {
+        let pair = PemPair {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let err = CertStore::new(CertSource::Files(vec![pair]))
+            .err()
+            .ok_or("bad pair accepted")?;
+        assert!(
+            err.to_string().starts_with(&expected),
+            "{err} should start with {expected}"
+        );
+    }
     Ok(())
 }
 
@@ -507,18 +485,10 @@ async fn openssl_s_client_verifies_the_local_ca_chain() -> TestResult {
         ("autodiscover.example.org", "-tls1_3"),
         (MAIL_HOST, "-tls1_2"),
     ] {
+        #[rustfmt::skip]
         let args = [
-            "s_client",
-            "-connect",
-            &connect,
-            "-servername",
-            sni,
-            "-verify_hostname",
-            sni,
-            "-CAfile",
-            &ca,
-            "-verify_return_error",
-            version,
+            "s_client", "-connect", &connect, "-servername", sni, "-verify_hostname", sni,
+            "-CAfile", &ca, "-verify_return_error", version,
         ];
         let Some(output) = run_external("openssl", &args).await? else {
             return Ok(());

@@ -35,7 +35,7 @@ pub enum Event {
 pub struct Recorder {
     pub events: mpsc::UnboundedSender<Event>,
     pub max_len: usize,
-    /// Used for STARTTLS when the listener offers none (to provoke `AlreadyTls`).
+    /// Used for STARTTLS on a connection that is already TLS (to provoke `AlreadyTls`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -66,8 +66,8 @@ impl Recorder {
                 ReadEvent::Line(line) => {
                     let text = String::from_utf8_lossy(&line).trim_end().to_owned();
                     if text == "STARTTLS" {
-                        let Some(config) = conn.starttls_config().or_else(|| self.tls.clone())
-                        else {
+                        let fallback = self.tls.clone().filter(|_| conn.is_tls());
+                        let Some(config) = conn.starttls_config().or(fallback) else {
                             conn.write_all(b"ERR no TLS\r\n").await?;
                             conn.flush().await?;
                             continue;
@@ -226,7 +226,9 @@ pub async fn line<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
             bytes.push(byte);
         }
     };
-    tokio::time::timeout(PATIENCE, read).await.expect("no line in time")
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("no line in time")
 }
 
 /// Writes and flushes.
