@@ -32,9 +32,6 @@ impl Domain {
             return Err(bad("use the xn-- (punycode) form for international names"));
         }
         let labels: Vec<&str> = name.split('.').collect();
-        if labels.len() < 2 {
-            return Err(bad("needs at least two labels, like example.org"));
-        }
         for label in &labels {
             if label.is_empty() || label.len() > 63 {
                 return Err(bad("every label must be 1 to 63 characters"));
@@ -48,6 +45,9 @@ impl Domain {
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(bad("a label may not start or end with '-'"));
             }
+        }
+        if labels.len() < 2 {
+            return Err(bad("needs at least two labels, like example.org"));
         }
         Ok(Domain(name))
     }

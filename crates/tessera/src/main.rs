@@ -1,1 +1,99 @@
-fn main() {}
+//! `tessera`: the binary. Command-line parsing, configuration, wiring; nothing else.
+
+mod admin;
+mod config;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: an all-in-one mail server (SMTP, IMAP, POP3, TLS) in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file [default: $TESSERA_CONFIG, else /etc/tessera/tessera.toml]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a complete local demo on 127.0.0.1 (ports + 10000), nothing to configure.
+    Demo {
+        /// Directory for the demo's config, data and CA (reused when run again).
+        #[arg(long, default_value = "./tessera-demo", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Run the server with the configuration file (production entry point).
+    Serve,
+    /// Manage hosted domains.
+    #[command(subcommand)]
+    Domain(admin::DomainCommand),
+    /// Manage user accounts.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Manage aliases (an address or a catch-all `@domain` delivering to accounts).
+    #[command(subcommand)]
+    Alias(admin::AliasCommand),
+    /// Check the configuration file and print the resolved settings.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = config::config_path(cli.config.as_deref());
+    match cli.command {
+        Command::Demo { data_dir } => server::demo(&data_dir).await,
+        Command::Serve => {
+            let config = config::Config::load(&config_path)?;
+            server::init_tracing(&config.log_level);
+            server::serve(config, None).await
+        }
+        Command::CheckConfig => {
+            let config = config::Config::load(&config_path)?;
+            println!("config:    {}", config.path.display());
+            println!("hostname:  {}", config.hostname);
+            println!("data_dir:  {}", config.data_dir.display());
+            for l in &config.listeners {
+                println!("listen:    {:<12} {}", l.service.key(), l.addr);
+            }
+            if config.certificates.is_empty() {
+                println!(
+                    "tls:       local CA in {}",
+                    config.data_dir.join("tls").display()
+                );
+            }
+            for (cert, key) in &config.certificates {
+                println!("tls:       {} (key {})", cert.display(), key.display());
+            }
+            Ok(())
+        }
+        Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
+        Command::User(cmd) => admin::user(&config_path, cmd).await,
+        Command::Alias(cmd) => admin::alias(&config_path, cmd).await,
+    }
+}

@@ -1,0 +1,384 @@
+//! `tessera.toml`: the one configuration file. Only this crate reads it.
+//!
+//! Two stages (STYLE.md §13): [`ConfigFile`] is what serde reads and validates (unknown
+//! keys are errors naming the key and the file); [`Config`] is the resolved value the
+//! server runs with (paths made absolute, defaults filled in).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "TESSERA_CONFIG";
+/// Where the config lives when neither `--config` nor `TESSERA_CONFIG` says.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tessera/tessera.toml";
+
+/// The file as written. Every key is optional except `hostname`; see `Config` for defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The mail host name: MX target, EHLO name, certificate name (e.g. `mail.example.org`).
+    pub hostname: String,
+    /// Database, message blobs and local CA; relative to the config file. Default `data`.
+    pub data_dir: Option<PathBuf>,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: ListenFile,
+    /// Certificates.
+    #[serde(default)]
+    pub tls: TlsFile,
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Failed-login throttle.
+    #[serde(default)]
+    pub auth: AuthFile,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+/// `[listen]`: one address per listener, or `"off"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// SMTP for incoming mail (MX). Default `0.0.0.0:25`.
+    pub smtp: Option<ListenAddr>,
+    /// Submission with STARTTLS. Default `0.0.0.0:587`.
+    pub submission: Option<ListenAddr>,
+    /// Submission with implicit TLS. Default `0.0.0.0:465`.
+    pub submissions: Option<ListenAddr>,
+    /// IMAP with STARTTLS. Default `0.0.0.0:143`.
+    pub imap: Option<ListenAddr>,
+    /// IMAP with implicit TLS. Default `0.0.0.0:993`.
+    pub imaps: Option<ListenAddr>,
+    /// POP3 with STLS. Default `0.0.0.0:110`.
+    pub pop3: Option<ListenAddr>,
+    /// POP3 with implicit TLS. Default `0.0.0.0:995`.
+    pub pop3s: Option<ListenAddr>,
+}
+
+/// A listener address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// Listen here.
+    At(SocketAddr),
+    /// Do not listen.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(ListenAddr::Off);
+        }
+        s.parse().map(ListenAddr::At).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected an address like \"0.0.0.0:993\" or \"off\", found {s:?}"
+            ))
+        })
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chains and keys; names come from each certificate. When empty,
+    /// Tessera runs a local CA in `<data_dir>/tls` and signs its own certificates.
+    #[serde(default)]
+    pub certificates: Vec<PemPairFile>,
+}
+
+/// One `{ cert = "...", key = "..." }` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PemPairFile {
+    /// Full chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Connections per listener. Default 1024.
+    pub max_connections: Option<usize>,
+    /// Connections per client address per listener. Default 50.
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Failed logins per account and address answered without delay. Default 3.
+    pub free_failures: Option<u32>,
+    /// First delay after those, in seconds; doubles per failure. Default 1. 0 disables.
+    pub base_delay_secs: Option<u64>,
+    /// Longest delay, in seconds. Default 60.
+    pub max_delay_secs: Option<u64>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// A tracing filter such as `info` or `tessera=debug,net=trace`. Default `info`;
+    /// the `RUST_LOG` variable overrides it.
+    pub level: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Mail host name.
+    pub hostname: String,
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+    /// Enabled listeners.
+    pub listeners: Vec<Listener>,
+    /// PEM pairs (absolute); empty means local CA.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// Connections per listener.
+    pub max_connections: usize,
+    /// Connections per client address.
+    pub max_connections_per_ip: usize,
+    /// Throttle settings.
+    pub throttle: net::ThrottleConfig,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// SMTP MX, port 25.
+    Smtp,
+    /// Submission with STARTTLS, port 587.
+    Submission,
+    /// Submission with implicit TLS, port 465.
+    Submissions,
+    /// IMAP with STARTTLS, port 143.
+    Imap,
+    /// IMAP with implicit TLS, port 993.
+    Imaps,
+    /// POP3 with STLS, port 110.
+    Pop3,
+    /// POP3 with implicit TLS, port 995.
+    Pop3s,
+}
+
+impl Service {
+    /// Every service with its config key and standard port.
+    pub const ALL: [(Service, &'static str, u16); 7] = [
+        (Service::Smtp, "smtp", 25),
+        (Service::Submission, "submission", 587),
+        (Service::Submissions, "submissions", 465),
+        (Service::Imap, "imap", 143),
+        (Service::Imaps, "imaps", 993),
+        (Service::Pop3, "pop3", 110),
+        (Service::Pop3s, "pop3s", 995),
+    ];
+
+    /// The config key (also the listener's name in logs).
+    pub fn key(self) -> &'static str {
+        Service::ALL
+            .iter()
+            .find(|(s, _, _)| *s == self)
+            .map(|(_, k, _)| *k)
+            .unwrap_or("?")
+    }
+
+    /// Whether the listener starts TLS right after accept.
+    pub fn implicit_tls(self) -> bool {
+        matches!(self, Service::Submissions | Service::Imaps | Service::Pop3s)
+    }
+}
+
+/// One enabled listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Listener {
+    /// What it serves.
+    pub service: Service,
+    /// Where.
+    pub addr: SocketAddr,
+}
+
+impl Config {
+    /// Reads and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let hostname = store::Domain::parse(&file.hostname)
+            .map_err(|e| anyhow::anyhow!("{}: key `hostname`: {e}", path.display()))?
+            .to_string();
+        let data_dir = resolve(file.data_dir.as_deref().unwrap_or(Path::new("data")));
+
+        let l = &file.listen;
+        let given = [
+            l.smtp,
+            l.submission,
+            l.submissions,
+            l.imap,
+            l.imaps,
+            l.pop3,
+            l.pop3s,
+        ];
+        let mut listeners = Vec::new();
+        for ((service, _, port), addr) in Service::ALL.iter().zip(given) {
+            match addr.unwrap_or(ListenAddr::At(SocketAddr::from(([0, 0, 0, 0], *port)))) {
+                ListenAddr::At(addr) => listeners.push(Listener {
+                    service: *service,
+                    addr,
+                }),
+                ListenAddr::Off => {}
+            }
+        }
+        for (i, a) in listeners.iter().enumerate() {
+            if let Some(b) = listeners[..i].iter().find(|b| b.addr == a.addr) {
+                bail!(
+                    "{}: keys `listen.{}` and `listen.{}` both use {}",
+                    path.display(),
+                    b.service.key(),
+                    a.service.key(),
+                    a.addr
+                );
+            }
+        }
+
+        let max_connections = file.limits.max_connections.unwrap_or(1024);
+        let max_connections_per_ip = file.limits.max_connections_per_ip.unwrap_or(50);
+        if max_connections == 0 {
+            bail!(
+                "{}: key `limits.max_connections` must be at least 1",
+                path.display()
+            );
+        }
+
+        let mut throttle = net::ThrottleConfig::default();
+        if let Some(n) = file.auth.free_failures {
+            throttle.free_failures = n;
+        }
+        match file.auth.base_delay_secs {
+            Some(0) => throttle = net::ThrottleConfig::disabled(),
+            Some(s) => throttle.base_delay = Duration::from_secs(s),
+            None => {}
+        }
+        if let Some(s) = file.auth.max_delay_secs {
+            throttle.max_delay = Duration::from_secs(s);
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            hostname,
+            data_dir,
+            listeners,
+            certificates: file
+                .tls
+                .certificates
+                .iter()
+                .map(|p| (resolve(&p.cert), resolve(&p.key)))
+                .collect(),
+            max_connections,
+            max_connections_per_ip,
+            throttle,
+            log_level: file.log.level.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+/// The config path from `--config`, else `TESSERA_CONFIG`, else the default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/tessera/tessera.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("hostname = \"Mail.Example.org\"\n").expect("valid");
+        assert_eq!(c.hostname, "mail.example.org");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/tessera/data"));
+        assert_eq!(c.listeners.len(), 7);
+        assert_eq!(c.listeners[0].addr, "0.0.0.0:25".parse().expect("addr"));
+        assert!(c.certificates.is_empty());
+    }
+
+    #[test]
+    fn listeners_can_be_moved_and_turned_off() {
+        let c = parse(
+            "hostname = \"mail.example.org\"\ndata_dir = \"/srv/mail\"\n[listen]\nimap = \"127.0.0.1:1143\"\npop3 = \"off\"\npop3s = \"OFF\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/mail"));
+        assert_eq!(c.listeners.len(), 5);
+        let imap = c
+            .listeners
+            .iter()
+            .find(|l| l.service == Service::Imap)
+            .expect("imap");
+        assert_eq!(imap.addr, "127.0.0.1:1143".parse().expect("addr"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_file() {
+        let e = parse("hostname = \"mail.example.org\"\nbogus = 1\n").expect_err("unknown key");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("/etc/tessera/tessera.toml") && text.contains("bogus"),
+            "{text}"
+        );
+
+        let e = parse("hostname = \"mail.example.org\"\n[listen]\nimap = \"nowhere\"\n")
+            .expect_err("bad");
+        let text = format!("{e:#}");
+        assert!(text.contains("imap") && text.contains("nowhere"), "{text}");
+
+        let e = parse("hostname = \"not a host\"\n").expect_err("bad host");
+        assert!(format!("{e:#}").contains("hostname"));
+
+        let e = parse("[listen]\nimap = \"127.0.0.1:1\"\n").expect_err("missing hostname");
+        assert!(format!("{e:#}").contains("hostname"));
+
+        let e = parse("hostname = \"mail.example.org\"\n[listen]\nimap = \"127.0.0.1:1\"\npop3 = \"127.0.0.1:1\"\n")
+            .expect_err("duplicate address");
+        assert!(format!("{e:#}").contains("listen.pop3"));
+    }
+}

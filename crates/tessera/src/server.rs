@@ -1,0 +1,322 @@
+//! `tessera serve` and `tessera demo`: open the store, load certificates, bind every
+//! listener, run until SIGINT/SIGTERM, then let sessions finish and say goodbye.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use net::{ListenerSpec, LoginThrottle, Shutdown, TlsMode};
+use store::{Address, Domain, NewAccount, SqliteStore, Store, password};
+use tls::{CertSource, CertStore, PemPair};
+
+use crate::config::{Config, Listener, Service};
+
+/// How long sessions get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the local CA checks for new domains that need certificates.
+const CERT_REFRESH: Duration = Duration::from_secs(30);
+
+/// The demo's domain and user.
+const DEMO_DOMAIN: &str = "example.test";
+const DEMO_USER: &str = "demo@example.test";
+const DEMO_HOST: &str = "mail.example.test";
+
+/// Starts logging to standard error with `filter` unless `RUST_LOG` says otherwise.
+pub fn init_tracing(filter: &str) {
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// What the demo prints once its listeners are up.
+pub struct DemoBanner {
+    dir: PathBuf,
+    user: String,
+    password: String,
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
+    let store: Arc<SqliteStore> = SqliteStore::open(&config.data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let certs = open_certificates(&config)?;
+    refresh_local_certificates(&certs, &config.hostname, &*store).await?;
+
+    let shutdown = Shutdown::new();
+    shutdown.install_signal_handlers();
+    let throttle = Arc::new(LoginThrottle::new(config.throttle.clone()));
+    let tls_config = certs.server_config(Vec::new());
+
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let spec = spec_for(&config, listener);
+        let socket = net::bind(&spec).await?;
+        let addr = socket.local_addr().unwrap_or(listener.addr);
+        bound.push((listener.service, addr));
+        start_service(
+            listener.service,
+            socket,
+            spec,
+            tls_config.clone(),
+            store.clone(),
+            throttle.clone(),
+            &config,
+            shutdown.clone(),
+        );
+    }
+
+    let background = {
+        let certs = certs.clone();
+        let store = store.clone();
+        let hostname = config.hostname.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CERT_REFRESH);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = refresh_local_certificates(&certs, &hostname, &*store).await {
+                            tracing::warn!(error = %e, "cannot refresh certificates");
+                        }
+                    }
+                    _ = shutdown.triggered() => break,
+                }
+            }
+        })
+    };
+    let reloader =
+        (!config.certificates.is_empty()).then(|| certs.spawn_reloader(Duration::from_secs(10)));
+
+    tracing::info!(hostname = %config.hostname, data_dir = %config.data_dir.display(), "tessera started");
+    match banner {
+        Some(b) => print_banner(&b, &bound, &certs),
+        None => {
+            for (service, addr) in &bound {
+                tracing::info!(listener = service.key(), %addr, "listening");
+            }
+        }
+    }
+
+    shutdown.triggered().await;
+    tracing::info!("shutting down: letting sessions finish");
+    let clean = shutdown.wait_sessions(SHUTDOWN_GRACE).await;
+    if !clean {
+        tracing::warn!("some sessions did not finish within {SHUTDOWN_GRACE:?}");
+    }
+    background.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    Ok(())
+}
+
+fn spec_for(config: &Config, listener: &Listener) -> ListenerSpec {
+    let mode = if listener.service.implicit_tls() {
+        TlsMode::Implicit
+    } else {
+        TlsMode::StartTls
+    };
+    let mut spec = ListenerSpec::new(listener.service.key(), listener.addr, mode);
+    spec.max_connections = config.max_connections;
+    spec.max_per_ip = config.max_connections_per_ip;
+    spec
+}
+
+/// Spawns the session loop for one listener.
+#[allow(clippy::too_many_arguments)]
+fn start_service(
+    service: Service,
+    socket: tokio::net::TcpListener,
+    spec: ListenerSpec,
+    tls_config: Arc<tls::rustls::ServerConfig>,
+    store: Arc<SqliteStore>,
+    throttle: Arc<LoginThrottle>,
+    config: &Config,
+    shutdown: Shutdown,
+) {
+    let _ = (socket, spec, tls_config, store, throttle, config, shutdown);
+    tracing::warn!(
+        listener = service.key(),
+        "this protocol is not implemented yet; not serving it"
+    );
+}
+
+fn open_certificates(config: &Config) -> Result<Arc<CertStore>> {
+    let source = if config.certificates.is_empty() {
+        CertSource::LocalCa {
+            dir: config.data_dir.join("tls"),
+        }
+    } else {
+        CertSource::Files(
+            config
+                .certificates
+                .iter()
+                .map(|(cert, key)| PemPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .collect(),
+        )
+    };
+    Ok(CertStore::new(source)?)
+}
+
+/// In local-CA mode, makes sure every served name has a certificate (new domains get one).
+async fn refresh_local_certificates(
+    certs: &Arc<CertStore>,
+    hostname: &str,
+    store: &dyn Store,
+) -> Result<()> {
+    let domains: Vec<String> = store
+        .list_domains()
+        .await?
+        .into_iter()
+        .map(|d| d.name.to_string())
+        .collect();
+    let groups = CertStore::name_groups(hostname, &domains);
+    let certs = certs.clone();
+    tokio::task::spawn_blocking(move || certs.ensure_local_names(&groups))
+        .await
+        .context("certificate task failed")??;
+    Ok(())
+}
+
+/// `tessera demo`: a complete server on 127.0.0.1 with ports + 10000.
+pub async fn demo(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let config_path = dir.join("tessera.toml");
+    if !config_path.exists() {
+        std::fs::write(&config_path, demo_config(&dir))
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+    }
+    let config = Config::load(&config_path)?;
+    init_tracing(&config.log_level);
+
+    let password_file = dir.join("demo-password.txt");
+    {
+        let store = SqliteStore::open(&config.data_dir).await?;
+        let domain = Domain::parse(DEMO_DOMAIN)?;
+        if !store.is_hosted_domain(&domain).await? {
+            store.add_domain(&domain).await?;
+        }
+        let user = Address::parse(DEMO_USER)?;
+        if store.account(&user).await?.is_none() {
+            let pw = password::generate_password();
+            store
+                .add_account(NewAccount {
+                    address: user,
+                    password_hash: password::hash_password(&pw)?,
+                    display_name: "Demo User".into(),
+                    quota_bytes: 0,
+                })
+                .await?;
+            write_private(&password_file, &pw)?;
+        }
+    }
+    let password = std::fs::read_to_string(&password_file)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "(unknown: reset it with `tessera user passwd`)".into());
+    serve(
+        config,
+        Some(DemoBanner {
+            dir,
+            user: DEMO_USER.into(),
+            password,
+        }),
+    )
+    .await
+}
+
+fn demo_config(dir: &Path) -> String {
+    let mut listen = String::new();
+    for (service, key, port) in Service::ALL {
+        let _ = service;
+        listen.push_str(&format!("{key} = \"127.0.0.1:{}\"\n", port + 10000));
+    }
+    format!(
+        "# Tessera demo configuration (written by `tessera demo`).\n\
+         hostname = \"{DEMO_HOST}\"\n\
+         data_dir = \"{}\"\n\n\
+         [listen]\n{listen}\n\
+         [auth]\n\
+         # Failed logins are delayed after this many attempts.\n\
+         free_failures = 3\n",
+        toml_escape(&dir.display().to_string())
+    )
+}
+
+fn toml_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{text}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn describe(service: Service) -> (&'static str, &'static str) {
+    match service {
+        Service::Smtp => ("SMTP (incoming, MX)", "STARTTLS"),
+        Service::Submission => ("SMTP submission", "STARTTLS, login required"),
+        Service::Submissions => ("SMTP submission", "TLS, login required"),
+        Service::Imap => ("IMAP", "STARTTLS"),
+        Service::Imaps => ("IMAP", "TLS"),
+        Service::Pop3 => ("POP3", "STLS"),
+        Service::Pop3s => ("POP3", "TLS"),
+    }
+}
+
+fn print_banner(b: &DemoBanner, bound: &[(Service, SocketAddr)], certs: &CertStore) {
+    println!(
+        "Tessera demo is running (config, data and CA in {})",
+        b.dir.display()
+    );
+    println!();
+    for (service, addr) in bound {
+        let (what, security) = describe(*service);
+        let live = if implemented(*service) {
+            ""
+        } else {
+            "  (not implemented yet)"
+        };
+        println!("  {what:<22} {addr:<18} {security}{live}");
+    }
+    println!();
+    println!("  mail host  {DEMO_HOST} (certificates are issued for it and for {DEMO_DOMAIN})");
+    println!("  login      {}", b.user);
+    println!("  password   {}", b.password);
+    if let Some(ca) = certs.ca_path() {
+        println!("  CA         {} (trust it in your client)", ca.display());
+    }
+    println!();
+    println!(
+        "Manage it:  tessera --config {} user add bob@{DEMO_DOMAIN} --password-stdin",
+        b.dir.join("tessera.toml").display()
+    );
+    println!("Stop it with Ctrl-C.");
+}
+
+/// Whether this build serves the protocol (the demo says so honestly).
+fn implemented(service: Service) -> bool {
+    let _ = service;
+    false
+}

@@ -1,0 +1,384 @@
+//! The management CLI and the demo, driven through the real binary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A config in a temporary directory with every listener off (no ports needed).
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tessera.toml");
+    let listen: String = [
+        "smtp",
+        "submission",
+        "submissions",
+        "imap",
+        "imaps",
+        "pop3",
+        "pop3s",
+    ]
+    .iter()
+    .map(|k| format!("{k} = \"off\"\n"))
+    .collect();
+    std::fs::write(
+        &config,
+        format!("hostname = \"mail.example.org\"\ndata_dir = \"data\"\n[listen]\n{listen}"),
+    )
+    .expect("write config");
+    (dir, config)
+}
+
+fn run(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tessera");
+    {
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(config, args, stdin);
+    assert!(
+        out.status.success(),
+        "tessera {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with exactly one line of error text containing `needle`.
+fn fails(config: &Path, args: &[&str], stdin: Option<&str>, needle: &str) {
+    let out = run(config, args, stdin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tessera {args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "tessera {args:?}: expected {needle:?} in {err:?}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one clear line, got {err:?}"
+    );
+}
+
+#[test]
+fn domains_users_and_aliases() {
+    let (_dir, config) = setup();
+    ok(&config, &["domain", "add", "Example.org"], None);
+    fails(
+        &config,
+        &["domain", "add", "example.org"],
+        None,
+        "exists already",
+    );
+    fails(
+        &config,
+        &["domain", "add", "not a domain"],
+        None,
+        "malformed domain",
+    );
+    assert_eq!(
+        ok(&config, &["domain", "list"], None).trim(),
+        "example.org\t0 account(s)"
+    );
+
+    ok(
+        &config,
+        &[
+            "user",
+            "add",
+            "alice@example.org",
+            "--password-stdin",
+            "--name",
+            "Alice",
+        ],
+        Some("a long password\n"),
+    );
+    fails(
+        &config,
+        &["user", "add", "ALICE@example.org", "--password-stdin"],
+        Some("a long password\n"),
+        "exists already",
+    );
+    fails(
+        &config,
+        &["user", "add", "bob@nowhere.org", "--password-stdin"],
+        Some("a long password\n"),
+        "not hosted",
+    );
+    fails(
+        &config,
+        &["user", "add", "bad address", "--password-stdin"],
+        Some("a long password\n"),
+        "malformed address",
+    );
+    fails(
+        &config,
+        &["user", "add", "bob@example.org", "--password-stdin"],
+        Some("short\n"),
+        "too weak",
+    );
+    fails(
+        &config,
+        &["user", "add", "bob@example.org", "--password-stdin"],
+        Some("\n"),
+        "empty password",
+    );
+    // Without a terminal and without a flag there is no way to ask.
+    fails(
+        &config,
+        &["user", "add", "bob@example.org"],
+        None,
+        "--password-stdin",
+    );
+
+    let generated = ok(
+        &config,
+        &["user", "add", "bob@example.org", "--generate-password"],
+        None,
+    );
+    let password = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("generated password printed once");
+    assert_eq!(password.len(), 20);
+
+    let users = ok(&config, &["user", "list"], None);
+    assert!(users.contains("alice@example.org\tAlice"), "{users}");
+    assert!(users.contains("bob@example.org"), "{users}");
+    ok(
+        &config,
+        &["user", "passwd", "bob@example.org", "--password-stdin"],
+        Some("another long one\n"),
+    );
+    fails(
+        &config,
+        &["user", "passwd", "carol@example.org", "--password-stdin"],
+        Some("another long one\n"),
+        "no user",
+    );
+
+    ok(
+        &config,
+        &["alias", "add", "info@example.org", "alice@example.org"],
+        None,
+    );
+    ok(
+        &config,
+        &["alias", "add", "info@example.org", "bob@example.org"],
+        None,
+    );
+    ok(
+        &config,
+        &["alias", "add", "@example.org", "alice@example.org"],
+        None,
+    );
+    fails(
+        &config,
+        &["alias", "add", "info@example.org", "bob@example.org"],
+        None,
+        "exists already",
+    );
+    fails(
+        &config,
+        &["alias", "add", "x@example.org", "nobody@example.org"],
+        None,
+        "no user",
+    );
+    let aliases = ok(&config, &["alias", "list"], None);
+    assert!(
+        aliases.contains("info@example.org\talice@example.org, bob@example.org"),
+        "{aliases}"
+    );
+    assert!(
+        aliases.contains("@example.org\talice@example.org"),
+        "{aliases}"
+    );
+    ok(
+        &config,
+        &["alias", "remove", "info@example.org", "bob@example.org"],
+        None,
+    );
+    ok(&config, &["alias", "remove", "@example.org"], None);
+    fails(
+        &config,
+        &["alias", "remove", "@example.org"],
+        None,
+        "no alias",
+    );
+
+    fails(
+        &config,
+        &["domain", "remove", "example.org"],
+        None,
+        "remove them first",
+    );
+    ok(&config, &["user", "remove", "alice@example.org"], None);
+    ok(&config, &["user", "remove", "bob@example.org"], None);
+    fails(
+        &config,
+        &["user", "remove", "bob@example.org"],
+        None,
+        "no user",
+    );
+    ok(&config, &["domain", "remove", "example.org"], None);
+    assert_eq!(ok(&config, &["domain", "list"], None).trim(), "");
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "hostname = \"mail.example.org\"\nlisten_typo = 1\n",
+    )
+    .expect("write");
+    let out = run(&config, &["domain", "list"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("listen_typo"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &config,
+        "hostname = \"mail.example.org\"\n[listen]\nimaps = \"993\"\n",
+    )
+    .expect("write");
+    let out = run(&config, &["check-config"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("imaps") && err.contains("\"993\""),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let out = run(&missing, &["user", "list"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("missing.toml"), "{err}");
+
+    // TESSERA_CONFIG is used when --config is absent.
+    let (_d, good) = setup();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("TESSERA_CONFIG", &good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mail.example.org"));
+}
+
+/// Starts `tessera demo` and waits for its banner; returns the child and the banner.
+fn start_demo(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.starts_with("Stop it with") {
+                let _ = tx.send(banner.clone());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(banner) => (child, banner),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the demo printed no banner within 60 s");
+        }
+    }
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the demo did not stop within 10 s of SIGTERM");
+}
+
+#[test]
+fn demo_runs_prints_endpoints_and_is_managed_while_running() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("demo");
+    let (child, banner) = start_demo(&dir);
+    assert!(banner.contains("demo@example.test"), "{banner}");
+    for port in [
+        "10025", "10587", "10465", "10143", "10993", "10110", "10995",
+    ] {
+        assert!(
+            banner.contains(&format!("127.0.0.1:{port}")),
+            "{port} missing in {banner}"
+        );
+    }
+    let ca = dir.join("tls").join("ca.pem");
+    assert!(ca.exists());
+    assert!(banner.contains(&ca.display().to_string()));
+    let password = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password"))
+        .map(|p| p.trim().to_string())
+        .expect("password line");
+
+    // Management works against the running demo.
+    let config = dir.join("tessera.toml");
+    ok(
+        &config,
+        &["user", "add", "bob@example.test", "--password-stdin"],
+        Some("bobs password\n"),
+    );
+    fails(
+        &config,
+        &["user", "add", "bob@example.test", "--password-stdin"],
+        Some("bobs password\n"),
+        "exists already",
+    );
+    assert!(stop(child).success(), "clean exit on SIGTERM");
+
+    // Run again: the same directory, user and password are reused.
+    let (child, banner) = start_demo(&dir);
+    assert!(banner.contains(&password), "password kept across runs");
+    assert!(ok(&config, &["user", "list"], None).contains("bob@example.test"));
+    assert!(stop(child).success());
+}
