@@ -1,0 +1,248 @@
+//! SEARCH evaluation (RFC 3501 §6.4.4) over a selected mailbox's messages.
+//!
+//! Text keys match substrings case-insensitively after decoding (RFC 2047 in headers,
+//! transfer encodings and charsets in bodies), straight from the stored bytes: there is no
+//! index that could lag behind an APPEND.
+
+use crate::mime;
+use crate::wire::{DateCmp, SearchKey, days_from_civil};
+
+/// What a key needs besides flags and sizes.
+pub fn needs_message(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.iter().any(needs_message),
+        SearchKey::Or(a, b) => needs_message(a) || needs_message(b),
+        SearchKey::Not(a) => needs_message(a),
+        SearchKey::Header(..)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_)
+        | SearchKey::SentDate(..) => true,
+        _ => false,
+    }
+}
+
+/// One message as SEARCH sees it.
+pub struct Candidate<'a> {
+    /// Sequence number.
+    pub seq: u32,
+    /// UID.
+    pub uid: u32,
+    /// Highest sequence number in the mailbox (for `*`).
+    pub max_seq: u32,
+    /// Highest UID in the mailbox (for `*` in UID sets).
+    pub max_uid: u32,
+    /// Flag names set on the message (system flags with backslash).
+    pub flags: &'a store::Flags,
+    /// Whether it is \Recent in this session.
+    pub recent: bool,
+    /// RFC822.SIZE.
+    pub size: u64,
+    /// INTERNALDATE (Unix seconds) and its zone offset.
+    pub internal_date: (i64, i32),
+    /// MODSEQ.
+    pub modseq: u64,
+    /// The raw message, when a key needs it.
+    pub raw: Option<&'a [u8]>,
+}
+
+fn has_flag(flags: &store::Flags, name: &str) -> bool {
+    if name.starts_with('\\') {
+        store::SystemFlags::bit_for(name).is_some_and(|b| flags.system.contains(b))
+    } else {
+        flags.keywords.iter().any(|k| k.eq_ignore_ascii_case(name))
+    }
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    hay.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn date_cmp(cmp: DateCmp, day: i64, want: i64) -> bool {
+    match cmp {
+        DateCmp::Before => day < want,
+        DateCmp::On => day == want,
+        DateCmp::Since => day >= want,
+    }
+}
+
+/// Decodes a header value (RFC 2047 words, unfolded).
+fn decode_header(value: &[u8]) -> String {
+    let mut v = value.to_vec();
+    v.extend_from_slice(b"\r\n");
+    let mut stream = mail_parser::parsers::MessageStream::new(&v);
+    match stream.parse_unstructured() {
+        mail_parser::HeaderValue::Text(t) => t.into_owned(),
+        mail_parser::HeaderValue::TextList(l) => l.join(" "),
+        _ => String::from_utf8_lossy(&mime::unfold(value)).into_owned(),
+    }
+}
+
+fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
+    let header_end = header_len(raw);
+    let header = &raw[..header_end];
+    for f in mime::fields(header) {
+        if f.name.eq_ignore_ascii_case(name.as_bytes()) {
+            // RFC 3501: HEADER with an empty string matches every message with the field.
+            if needle.is_empty() {
+                return true;
+            }
+            let unfolded = mime::unfold(f.value);
+            if contains_ci(&decode_header(&unfolded), needle)
+                || contains_ci(&String::from_utf8_lossy(&unfolded), needle)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn header_len(raw: &[u8]) -> usize {
+    let m = mime::MimeMessage::parse(raw.to_vec());
+    m.root.header.end
+}
+
+fn body_texts(raw: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(m) = mail_parser::MessageParser::new().parse(raw) {
+        collect_texts(&m, &mut out, 0);
+    }
+    out
+}
+
+fn collect_texts(m: &mail_parser::Message<'_>, out: &mut Vec<String>, depth: usize) {
+    for p in &m.parts {
+        match &p.body {
+            mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
+                out.push(t.to_string());
+            }
+            mail_parser::PartType::Message(inner) if depth < 8 => {
+                for h in inner
+                    .parts
+                    .first()
+                    .map(|p| p.headers.as_slice())
+                    .unwrap_or(&[])
+                {
+                    if let Some(t) = h.value.as_text() {
+                        out.push(t.to_string());
+                    }
+                }
+                collect_texts(inner, out, depth + 1);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn sent_day(raw: &[u8]) -> Option<i64> {
+    let m = mail_parser::MessageParser::new().parse_headers(raw)?;
+    let d = m.date()?;
+    Some(days_from_civil(
+        i32::from(d.year),
+        u32::from(d.month),
+        u32::from(d.day),
+    ))
+}
+
+/// Whether `c` matches `key`.
+pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
+    use SearchKey as K;
+    match key {
+        K::And(keys) => keys.iter().all(|k| matches(k, c)),
+        K::Or(a, b) => matches(a, c) || matches(b, c),
+        K::Not(a) => !matches(a, c),
+        K::All => true,
+        K::Seq(set) => set.contains(c.seq, c.max_seq),
+        K::Uid(set) => set.contains(c.uid, c.max_uid),
+        K::Flag(f) => has_flag(c.flags, f),
+        K::NoFlag(f) => !has_flag(c.flags, f),
+        K::Recent => c.recent,
+        K::New => c.recent && !has_flag(c.flags, "\\Seen"),
+        K::Old => !c.recent,
+        K::Larger(n) => c.size > *n,
+        K::Smaller(n) => c.size < *n,
+        K::ModSeq(n) => c.modseq >= *n,
+        K::Date(cmp, want) => {
+            let local = c.internal_date.0 + i64::from(c.internal_date.1) * 60;
+            date_cmp(*cmp, local.div_euclid(86_400), *want)
+        }
+        K::SentDate(cmp, want) => c
+            .raw
+            .and_then(sent_day)
+            .is_some_and(|d| date_cmp(*cmp, d, *want)),
+        K::Header(name, needle) => c.raw.is_some_and(|raw| header_matches(raw, name, needle)),
+        K::Body(needle) => c
+            .raw
+            .is_some_and(|raw| body_texts(raw).iter().any(|t| contains_ci(t, needle))),
+        K::Text(needle) => c.raw.is_some_and(|raw| {
+            let hl = header_len(raw);
+            contains_ci(&decode_header(&raw[..hl]), needle)
+                || contains_ci(&String::from_utf8_lossy(&raw[..hl]), needle)
+                || body_texts(raw).iter().any(|t| contains_ci(t, needle))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seqset::SeqSet;
+
+    #[test]
+    fn keys_table() {
+        let raw = b"From: =?utf-8?q?J=C3=B6rg?= <jorg@example.org>\r\nSubject: Hello World\r\nDate: Tue, 2 Jan 2024 10:00:00 +0000\r\n\r\nThe quick brown fox\r\n";
+        let flags = store::Flags::from_names(["\\Seen", "$Work"]).expect("flags");
+        let c = Candidate {
+            seq: 2,
+            uid: 10,
+            max_seq: 3,
+            max_uid: 12,
+            flags: &flags,
+            recent: false,
+            size: 500,
+            internal_date: (1_704_189_600, 0),
+            modseq: 5,
+            raw: Some(raw),
+        };
+        let table: &[(SearchKey, bool)] = &[
+            (SearchKey::All, true),
+            (SearchKey::Header("SUBJECT".into(), "hello".into()), true),
+            (SearchKey::Header("FROM".into(), "jörg".into()), true),
+            (SearchKey::Header("FROM".into(), "example.org".into()), true),
+            (SearchKey::Header("TO".into(), "".into()), false),
+            (SearchKey::Body("QUICK".into()), true),
+            (SearchKey::Body("Subject".into()), false),
+            (SearchKey::Text("subject".into()), true),
+            (SearchKey::Flag("\\Seen".into()), true),
+            (SearchKey::Flag("$work".into()), true),
+            (SearchKey::NoFlag("\\Deleted".into()), true),
+            (SearchKey::Larger(499), true),
+            (SearchKey::Smaller(500), false),
+            (SearchKey::Seq(SeqSet::parse("*").expect("set")), false),
+            (SearchKey::Uid(SeqSet::parse("10").expect("set")), true),
+            (
+                SearchKey::SentDate(DateCmp::On, days_from_civil(2024, 1, 2)),
+                true,
+            ),
+            (
+                SearchKey::Date(DateCmp::Before, days_from_civil(2024, 1, 2)),
+                false,
+            ),
+            (
+                SearchKey::Date(DateCmp::Since, days_from_civil(2024, 1, 2)),
+                true,
+            ),
+            (SearchKey::Not(Box::new(SearchKey::Old)), false),
+            (
+                SearchKey::Or(Box::new(SearchKey::Recent), Box::new(SearchKey::Larger(1))),
+                true,
+            ),
+        ];
+        for (key, want) in table {
+            assert_eq!(matches(key, &c), *want, "{key:?}");
+        }
+    }
+}

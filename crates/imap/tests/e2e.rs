@@ -1,0 +1,519 @@
+//! End to end: the real listeners on 127.0.0.1:0 over a real SqliteStore, driven by Python's
+//! imaplib (STARTTLS and implicit TLS), by the imap-oracle check.py, and by raw sockets for the
+//! security regressions. Needs `python3` on PATH (Debian: python3); a missing interpreter fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap::{ImapConfig, ImapServer};
+use net::{ListenerSpec, LoginThrottle, Shutdown, ThrottleConfig, TlsMode};
+use store::{Address, Domain, NewAccount, SqliteStore, Store};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const USER: &str = "alice@example.test";
+const PASS: &str = "correct horse battery";
+/// Upper bound on any single wait.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Server {
+    _dir: tempfile::TempDir,
+    starttls: SocketAddr,
+    implicit: SocketAddr,
+    plain: SocketAddr,
+    ca: PathBuf,
+    shutdown: Shutdown,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("data")).await.unwrap();
+    store
+        .add_domain(&Domain::parse("example.test").unwrap())
+        .await
+        .unwrap();
+    store
+        .add_account(NewAccount {
+            address: Address::parse(USER).unwrap(),
+            password_hash: store::password::hash_password(PASS).unwrap(),
+            display_name: "Alice".into(),
+            quota_bytes: 0,
+        })
+        .await
+        .unwrap();
+    let certs = tls::CertStore::new(tls::CertSource::LocalCa {
+        dir: dir.path().join("tls"),
+    })
+    .unwrap();
+    certs
+        .ensure_local_names(&[vec!["localhost".to_string()]])
+        .unwrap();
+    let ca = certs.ca_path().unwrap();
+    let tls_config = certs.server_config(vec![b"imap".to_vec()]);
+    let store: Arc<dyn Store> = store;
+    let throttle = Arc::new(LoginThrottle::new(ThrottleConfig::disabled()));
+    let server = Arc::new(ImapServer::new(
+        store.clone(),
+        throttle.clone(),
+        ImapConfig {
+            hostname: "localhost".into(),
+            max_command_size: 64 * 1024,
+            max_message_size: 4 * 1024 * 1024,
+            ..ImapConfig::default()
+        },
+    ));
+    let plain_server = Arc::new(ImapServer::new(
+        store,
+        throttle,
+        ImapConfig {
+            allow_plaintext_auth: true,
+            max_message_size: 4 * 1024 * 1024,
+            ..ImapConfig::default()
+        },
+    ));
+    let shutdown = Shutdown::new();
+    let mut addrs = Vec::new();
+    for (mode, handler) in [
+        (TlsMode::StartTls, server.clone()),
+        (TlsMode::Implicit, server.clone()),
+        (TlsMode::None, plain_server),
+    ] {
+        let spec = ListenerSpec::new("imap", "127.0.0.1:0".parse().unwrap(), mode);
+        let listener = net::bind(&spec).await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let tls = (mode != TlsMode::None).then(|| tls_config.clone());
+        tokio::spawn(net::serve(listener, spec, tls, handler, shutdown.clone()));
+    }
+    Server {
+        _dir: dir,
+        starttls: addrs[0],
+        implicit: addrs[1],
+        plain: addrs[2],
+        ca,
+        shutdown,
+    }
+}
+
+fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py")
+}
+
+/// Runs a Python script; fails the test on a non-zero exit or a timeout.
+async fn python(args: &[String], limit: Duration) -> String {
+    python_run(args, limit, true).await
+}
+
+async fn python_run(args: &[String], limit: Duration, must_succeed: bool) -> String {
+    let child = tokio::process::Command::new("python3")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 must be installed (Debian package python3)");
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .expect("python script timed out")
+        .expect("python ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || !must_succeed,
+        "python {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imaplib_over_starttls_and_implicit_tls_drives_every_command() {
+    let script = py_dir().join("client.py").display().to_string();
+    for mode in ["starttls", "ssl"] {
+        // A fresh server and account per run: the script expects an empty mailbox set.
+        let s = start().await;
+        let port = if mode == "ssl" {
+            s.implicit.port()
+        } else {
+            s.starttls.port()
+        };
+        let out = python(
+            &[
+                script.clone(),
+                mode.into(),
+                port.to_string(),
+                USER.into(),
+                PASS.into(),
+                s.ca.display().to_string(),
+            ],
+            PATIENCE * 3,
+        )
+        .await;
+        assert!(out.contains("ALL OK"), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_oracle_check_py_against_the_server() {
+    let s = start().await;
+    let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/imap-oracle");
+    let out = python_run(
+        &[
+            oracle.join("check.py").display().to_string(),
+            "localhost".into(),
+            s.starttls.port().to_string(),
+            USER.into(),
+            PASS.into(),
+            "--starttls".into(),
+            "--cafile".into(),
+            s.ca.display().to_string(),
+            "--dir".into(),
+            oracle.display().to_string(),
+            "-q".into(),
+        ],
+        Duration::from_secs(90),
+        false,
+    )
+    .await;
+    // Ratchet: 1511 of 1608 checks matched Dovecot when this was written (the rest are
+    // malformed-MIME judgement calls and BINARY.SIZE refusals, listed in the issue note).
+    // Raise the floor as fixes land; the goal is " passed, 0 failed".
+    let summary = out
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or_else(|| panic!("no summary line in check.py output:\n{out}"));
+    let passed: u32 = summary
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 1511, "oracle regressed: {summary}\n{out}");
+}
+
+// ---------------------------------------------------------------- raw-socket security tests
+
+struct Raw {
+    r: BufReader<tokio::io::ReadHalf<TcpStream>>,
+    w: tokio::io::WriteHalf<TcpStream>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = tokio::io::split(tcp);
+        let mut raw = Raw {
+            r: BufReader::new(r),
+            w,
+        };
+        let greeting = raw.line().await;
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        raw
+    }
+    async fn send(&mut self, s: &[u8]) {
+        self.w.write_all(s).await.unwrap();
+    }
+    async fn line(&mut self) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(PATIENCE, self.r.read_line(&mut l))
+            .await
+            .expect("server answered in time")
+            .unwrap();
+        l
+    }
+    /// Reads until the tagged reply of `tag`; returns every line.
+    async fn until(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line().await;
+            assert!(!l.is_empty(), "connection closed; so far {lines:?}");
+            let done = l.starts_with(&format!("{tag} "));
+            lines.push(l);
+            if done {
+                return lines;
+            }
+        }
+    }
+    async fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(PATIENCE, self.r.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn login_before_tls_is_refused_and_capabilities_say_so() {
+    let s = start().await;
+    let mut c = Raw::connect(s.starttls).await;
+    c.send(b"a CAPABILITY\r\n").await;
+    let lines = c.until("a").await;
+    assert!(lines[0].contains("LOGINDISABLED") && lines[0].contains("STARTTLS"));
+    assert!(!lines[0].contains("AUTH="), "{lines:?}");
+    c.send(format!("b LOGIN {USER} \"{PASS}\"\r\n").as_bytes())
+        .await;
+    let lines = c.until("b").await;
+    assert!(lines.last().unwrap().starts_with("b NO"), "{lines:?}");
+    c.send(b"c AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABjb3JyZWN0IGhvcnNlIGJhdHRlcnk=\r\n")
+        .await;
+    let lines = c.until("c").await;
+    assert!(lines.last().unwrap().starts_with("c NO"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn starttls_injection_is_discarded() {
+    let s = start().await;
+    let mut c = Raw::connect(s.starttls).await;
+    // The injected command rides in the same packet as STARTTLS.
+    c.send(b"a STARTTLS\r\nx LOGIN injected pass\r\n").await;
+    let l = c.line().await;
+    assert!(l.starts_with("a OK"), "{l}");
+    // Complete a real TLS handshake and check nothing answers the injected command.
+    let Raw { r, w } = c;
+    let tcp = r.into_inner().unsplit(w);
+    let cfg = tls::client_config_trusting(&s.ca).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (r, mut w) = tokio::io::split(tls);
+    let mut r = BufReader::new(r);
+    w.write_all(b"b NOOP\r\n").await.unwrap();
+    let mut l = String::new();
+    tokio::time::timeout(PATIENCE, r.read_line(&mut l))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(l.starts_with("b OK"), "injected command was answered: {l}");
+}
+
+async fn logged_in_plain(s: &Server) -> Raw {
+    let mut c = Raw::connect(s.plain).await;
+    c.send(format!("l LOGIN {USER} \"{PASS}\"\r\n").as_bytes())
+        .await;
+    let lines = c.until("l").await;
+    assert!(lines.last().unwrap().starts_with("l OK"), "{lines:?}");
+    c
+}
+
+#[tokio::test]
+async fn path_traversal_and_control_characters_in_mailbox_names_refused() {
+    let s = start().await;
+    let mut c = logged_in_plain(&s).await;
+    let names: &[&[u8]] = &[
+        b"\"..\"",
+        b"\"a/../b\"",
+        b"\"../../etc/passwd\"",
+        b"\"a//b\"",
+        b"\"/abs\"",
+        b"{3}\r\na\x01b",
+        b"{3}\r\na\tb",
+        b"\"&AGE-\"",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let tag = format!("t{i}");
+        let mut cmd = format!("{tag} CREATE ").into_bytes();
+        if name.starts_with(b"{") {
+            // synchronising literal: wait for the continuation
+            let (head, body) = name.split_at(name.iter().position(|&b| b == b'\n').unwrap() + 1);
+            cmd.extend_from_slice(head);
+            c.send(&cmd).await;
+            let cont = c.line().await;
+            assert!(cont.starts_with('+'), "{cont}");
+            c.send(body).await;
+            c.send(b"\r\n").await;
+        } else {
+            cmd.extend_from_slice(name);
+            cmd.extend_from_slice(b"\r\n");
+            c.send(&cmd).await;
+        }
+        let lines = c.until(&tag).await;
+        assert!(
+            lines.last().unwrap().starts_with(&format!("{tag} NO")),
+            "{:?}: {lines:?}",
+            String::from_utf8_lossy(name)
+        );
+    }
+    c.send(b"z LIST \"\" *\r\n").await;
+    let lines = c.until("z").await;
+    assert!(!lines.iter().any(|l| l.contains("..")), "{lines:?}");
+}
+
+#[tokio::test]
+async fn oversized_literal_refused_without_buffering_it() {
+    let s = start().await;
+    let mut c = logged_in_plain(&s).await;
+    // Synchronising: refused before the continuation; the connection stays usable.
+    c.send(b"a APPEND INBOX {999999999}\r\n").await;
+    let l = c.line().await;
+    assert!(l.starts_with("a NO [TOOBIG]"), "{l}");
+    c.send(b"b NOOP\r\n").await;
+    assert!(c.until("b").await.last().unwrap().starts_with("b OK"));
+    // Non-synchronising: answered and closed without reading 1 GB.
+    c.send(b"c APPEND INBOX {999999999+}\r\nxxxx").await;
+    let l = c.line().await;
+    assert!(l.starts_with("c BAD [TOOBIG]"), "{l}");
+    assert!(c.is_closed().await);
+}
+
+#[tokio::test]
+async fn malformed_commands_get_bad_and_ten_in_a_row_close() {
+    let s = start().await;
+    let mut c = Raw::connect(s.plain).await;
+    c.send(b"a FROBNICATE\r\n").await;
+    assert!(c.line().await.starts_with("a BAD"));
+    c.send(b"\r\n").await;
+    assert!(c.line().await.starts_with("* BAD"));
+    c.send(b"b NOOP\r\n").await; // resets the count
+    assert!(c.line().await.starts_with("b OK"));
+    for i in 0..9 {
+        c.send(format!("x{i} FETCH\r\n").as_bytes()).await;
+        let l = c.line().await;
+        assert!(l.starts_with(&format!("x{i} BAD")), "{l}");
+    }
+    c.send(b"y SELECT\r\n").await;
+    assert!(c.line().await.starts_with("y BAD"));
+    assert!(c.line().await.starts_with("* BYE"));
+    assert!(c.is_closed().await);
+}
+
+#[tokio::test]
+async fn every_command_in_a_wrong_state_is_refused() {
+    let s = start().await;
+    let mut c = Raw::connect(s.plain).await;
+    // Not authenticated: authenticated- and selected-state commands.
+    let table: &[&str] = &[
+        "SELECT INBOX",
+        "EXAMINE INBOX",
+        "CREATE x",
+        "DELETE x",
+        "RENAME x y",
+        "SUBSCRIBE x",
+        "UNSUBSCRIBE x",
+        "LIST \"\" *",
+        "LSUB \"\" *",
+        "NAMESPACE",
+        "STATUS INBOX (MESSAGES)",
+        "APPEND INBOX {1+}\r\nx",
+        "IDLE",
+        "ENABLE IMAP4rev2",
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "UID EXPUNGE 1",
+        "SEARCH ALL",
+        "FETCH 1 FLAGS",
+        "STORE 1 +FLAGS (\\Seen)",
+        "COPY 1 Trash",
+        "MOVE 1 Trash",
+    ];
+    for (i, cmd) in table.iter().enumerate() {
+        let tag = format!("n{i}");
+        c.send(format!("{tag} {cmd}\r\n").as_bytes()).await;
+        let l = c.until(&tag).await;
+        let last = l.last().unwrap();
+        assert!(
+            last.starts_with(&format!("{tag} BAD")) || last.starts_with(&format!("{tag} NO")),
+            "{cmd}: {l:?}"
+        );
+        // Keep under the bad-command limit.
+        c.send(b"r NOOP\r\n").await;
+        c.until("r").await;
+    }
+    c.send(format!("l LOGIN {USER} \"{PASS}\"\r\n").as_bytes())
+        .await;
+    assert!(c.until("l").await.last().unwrap().starts_with("l OK"));
+    // Authenticated: selected-state commands and pre-auth commands.
+    let table: &[&str] = &[
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "UID EXPUNGE 1",
+        "SEARCH ALL",
+        "UID SEARCH ALL",
+        "FETCH 1 FLAGS",
+        "UID FETCH 1 FLAGS",
+        "STORE 1 +FLAGS (\\Seen)",
+        "COPY 1 Trash",
+        "MOVE 1 Trash",
+        "LOGIN a b",
+        "AUTHENTICATE PLAIN AGEAYg==",
+        "STARTTLS",
+    ];
+    for (i, cmd) in table.iter().enumerate() {
+        let tag = format!("a{i}");
+        c.send(format!("{tag} {cmd}\r\n").as_bytes()).await;
+        let l = c.until(&tag).await;
+        let last = l.last().unwrap();
+        assert!(
+            last.starts_with(&format!("{tag} BAD")) || last.starts_with(&format!("{tag} NO")),
+            "{cmd}: {l:?}"
+        );
+        c.send(b"r NOOP\r\n").await;
+        c.until("r").await;
+    }
+    // Selected, read-only: writes refused.
+    c.send(b"e EXAMINE INBOX\r\n").await;
+    assert!(c.until("e").await.last().unwrap().contains("READ-ONLY"));
+    for (i, cmd) in ["STORE 1:* +FLAGS (\\Seen)", "EXPUNGE", "MOVE 1:* Trash"]
+        .iter()
+        .enumerate()
+    {
+        let tag = format!("s{i}");
+        c.send(format!("{tag} {cmd}\r\n").as_bytes()).await;
+        let l = c.until(&tag).await;
+        let last = l.last().unwrap();
+        assert!(
+            last.starts_with(&format!("{tag} BAD")) || last.starts_with(&format!("{tag} NO")),
+            "{cmd}: {l:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn append_into_selected_mailbox_announces_exists_before_ok_and_idle_sees_delivery() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    let mut b = logged_in_plain(&s).await;
+    a.send(b"s SELECT INBOX\r\n").await;
+    a.until("s").await;
+    a.send(b"p APPEND INBOX {20+}\r\nSubject: x\r\n\r\nhello!\r\n")
+        .await;
+    let lines = a.until("p").await;
+    assert!(lines.iter().any(|l| l == "* 1 EXISTS\r\n"), "{lines:?}");
+    assert!(lines.last().unwrap().contains("APPENDUID"), "{lines:?}");
+    // IDLE in session A; session B appends and flags; A hears about it.
+    a.send(b"i IDLE\r\n").await;
+    assert!(a.line().await.starts_with('+'));
+    b.send(b"q APPEND INBOX {20+}\r\nSubject: y\r\n\r\nhello!\r\n")
+        .await;
+    b.until("q").await;
+    let l = a.line().await;
+    assert_eq!(l, "* 2 EXISTS\r\n");
+    b.send(b"s SELECT INBOX\r\n").await;
+    b.until("s").await;
+    b.send(b"f STORE 1 +FLAGS (\\Deleted)\r\n").await;
+    b.until("f").await;
+    b.send(b"x EXPUNGE\r\n").await;
+    b.until("x").await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("EXPUNGE")) {
+        seen.push(a.line().await);
+    }
+    assert!(seen.iter().any(|l| l == "* 1 EXPUNGE\r\n"), "{seen:?}");
+    // Pipelined after DONE, in one packet (CLIENTS.md §F.5).
+    a.send(b"DONE\r\nn NOOP\r\n").await;
+    a.until("i").await;
+    assert!(a.until("n").await.last().unwrap().starts_with("n OK"));
+}
