@@ -1,12 +1,29 @@
 //! MIME structure for FETCH and SEARCH: ENVELOPE, BODY/BODYSTRUCTURE, body sections and BINARY
-//! (RFC 3501 §6.4.5 and §7.4.2, RFC 3516).
+//! (RFC 3501 §6.4.5 and §7.4.2, RFC 2045/2046, RFC 2231, RFC 3516).
 //!
-//! mail-parser 0.11 supplies the part tree and each part's header/body offsets. Everything a
-//! client sees is then taken from the raw bytes at those offsets: header values unfolded but
-//! not decoded (RFC 3501 §7.4.2: ENVELOPE strings are as in the message), Content-Type
-//! parameters as written, sizes and line counts of the encoded body. An encapsulated
-//! `message/rfc822` body is parsed as a message of its own, so offsets are always relative to
-//! the bytes of the message a part belongs to.
+//! The part tree is found by our own boundary scanner rather than mail-parser's, because the
+//! answers clients compare against are Dovecot's (the imap-oracle corpus), and malformed MIME
+//! is where parsers disagree. The scanner follows RFC 2046 §5.1.1 the way Dovecot 2.3 reads it:
+//!
+//! - A boundary line is `--` + a boundary of any enclosing multipart still open; only the line's
+//!   *prefix* has to match (RFC 2046 §5.1.1 allows trailing junk). When several open boundaries
+//!   match, the longest wins, and among equal ones the innermost.
+//! - The CRLF before a boundary line belongs to the boundary, not to the part above it.
+//! - A boundary of an outer multipart closes every part nested inside it, headers included: a
+//!   part's header stops at such a line even without a blank line.
+//! - After a closing `--boundary--`, that boundary is forgotten: text after it (even lines that
+//!   look like further parts) is epilogue of the multipart.
+//! - A multipart whose Content-Type has no usable `boundary` (or whose header ends without a
+//!   blank line) has no children; it is reported as one empty text/plain part.
+//! - A part without Content-Type is text/plain, or message/rfc822 inside multipart/digest
+//!   (RFC 2046 §5.1.5). Content-* fields only count in a MIME part: one with MIME-Version or a
+//!   Content-Type field, or any child of a multipart.
+//!
+//! Everything a client sees is then taken from the raw bytes: header values unfolded but not
+//! decoded (RFC 3501 §7.4.2: ENVELOPE strings are as in the message), parameters as written
+//! (RFC 2231 continuations are joined, not decoded), sizes and line counts of the encoded body.
+//! An encapsulated `message/rfc822` body is kept as a message of its own, so offsets are
+//! always relative to the bytes of the message a part belongs to.
 
 use std::ops::Range;
 
@@ -15,8 +32,14 @@ use base64::Engine as _;
 use crate::wire::{Lossy, push_nstring, push_string};
 use std::fmt::Write as _;
 
-/// Deepest nesting of encapsulated messages we descend into.
-const MAX_DEPTH: usize = 8;
+/// Longest boundary we keep (RFC 2046 §5.1.1 allows 70; longer ones are truncated).
+const BOUNDARY_MAX: usize = 80;
+/// Longest boundary line we look at when it has no line end.
+const BOUNDARY_LINE_MAX: usize = BOUNDARY_MAX + 4;
+/// Most parts in one message; further boundaries are treated as text.
+const MAX_PARTS: usize = 10_000;
+/// Deepest nesting of multiparts and encapsulated messages; deeper ones are leaves.
+const MAX_DEPTH: usize = 100;
 
 /// A parsed message: its bytes and its root part.
 #[derive(Debug)]
@@ -30,23 +53,57 @@ pub struct MimeMessage {
 /// One MIME part.
 #[derive(Debug)]
 pub struct Part {
-    /// The header block, blank line included, within the message's bytes.
+    /// The header block (blank line included when there is one), within the message's bytes.
     pub header: Range<usize>,
     /// The body, within the message's bytes.
     pub body: Range<usize>,
     /// What kind of part it is.
     pub kind: PartKind,
+    /// Whether the part is text for SEARCH BODY/TEXT (text/*, message/*, or no Content-Type).
+    pub searchable: bool,
+    /// The Content-* data of the part, as BODYSTRUCTURE reports it.
+    pub info: PartInfo,
 }
 
 /// A part's kind.
 #[derive(Debug)]
 pub enum PartKind {
-    /// `multipart/*` with its children.
+    /// `multipart/*` with its children (at least one).
     Multipart(Vec<Part>),
     /// `message/rfc822` with the encapsulated message.
     Message(Box<MimeMessage>),
     /// Anything else.
     Leaf,
+}
+
+/// MIME parameters as (attribute, value) pairs, as written.
+pub type Params = Vec<Param>;
+
+/// One MIME parameter: attribute and value, as written.
+pub type Param = (Vec<u8>, Vec<u8>);
+
+/// The Content-* fields of a part (RFC 2045 §5, §6; RFC 2183; RFC 3066; RFC 2557), the first
+/// of each kind, as BODYSTRUCTURE reports them. All `None` for a part that is not MIME.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    /// Type and subtype as written; both empty when the field does not parse.
+    pub content_type: Option<(Vec<u8>, Vec<u8>)>,
+    /// Content-Type parameters (RFC 2231 continuations joined).
+    pub params: Params,
+    /// Content-ID.
+    pub id: Option<Vec<u8>>,
+    /// Content-Description.
+    pub description: Option<Vec<u8>>,
+    /// Content-Transfer-Encoding token.
+    pub encoding: Option<Vec<u8>>,
+    /// Content-MD5.
+    pub md5: Option<Vec<u8>>,
+    /// Content-Disposition value and parameters.
+    pub disposition: Option<(Vec<u8>, Params)>,
+    /// Content-Language tags.
+    pub language: Option<Vec<Vec<u8>>>,
+    /// Content-Location.
+    pub location: Option<Vec<u8>>,
 }
 
 /// A header field: name and raw value (after the colon, still folded).
@@ -102,14 +159,31 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
     out
 }
 
-/// A field's value unfolded (CRLF removed), with surrounding whitespace trimmed.
+/// A field's value on one line: line breaks removed, a TAB that starts a continuation line
+/// turned into a space, leading whitespace dropped (trailing whitespace is kept, as Dovecot
+/// keeps it).
 pub fn unfold(value: &[u8]) -> Vec<u8> {
-    let v: Vec<u8> = value
-        .iter()
-        .copied()
-        .filter(|&b| b != b'\r' && b != b'\n')
-        .collect();
-    v.trim_ascii().to_vec()
+    let mut v = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'\r' if value.get(i + 1) == Some(&b'\n') => {}
+            b'\n' => {
+                if value.get(i + 1) == Some(&b'\t') {
+                    v.push(b' ');
+                    i += 1;
+                }
+            }
+            c => v.push(c),
+        }
+        i += 1;
+    }
+    let lead = v.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+    v.drain(..lead);
+    while v.last() == Some(&b'\r') {
+        v.pop();
+    }
+    v
 }
 
 /// The first field named `name` (case-insensitive), unfolded.
@@ -120,20 +194,327 @@ pub fn header_value(header: &[u8], name: &str) -> Option<Vec<u8>> {
         .map(|f| unfold(f.value))
 }
 
+// ------------------------------------------------------------------ part scanner
+
+/// A part while scanning: absolute offsets in the outermost message.
+struct ScanNode {
+    parent: Option<usize>,
+    start: usize,
+    header_end: usize,
+    body_start: usize,
+    end: usize,
+    children: Vec<usize>,
+    multipart: bool,
+    digest: bool,
+    rfc822: bool,
+    /// MESSAGE_PART_FLAG_TEXT in Dovecot's terms: text/*, or no Content-Type.
+    text: bool,
+    is_mime: bool,
+    depth: usize,
+}
+
+impl ScanNode {
+    fn new(parent: Option<usize>, start: usize, is_mime: bool, depth: usize) -> ScanNode {
+        ScanNode {
+            parent,
+            start,
+            header_end: start,
+            body_start: start,
+            end: start,
+            children: Vec::new(),
+            multipart: false,
+            digest: false,
+            rfc822: false,
+            text: false,
+            is_mime,
+            depth,
+        }
+    }
+}
+
+/// An open multipart boundary: its text and the multipart that owns it.
+struct Bound {
+    text: Vec<u8>,
+    owner: usize,
+}
+
+/// The offset just past the line that starts at `p`.
+fn line_end(b: &[u8], p: usize) -> usize {
+    b[p..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |i| p + i + 1)
+}
+
+/// Length of the line break that ends just before `p` (which follows a `\n`).
+fn newline_before(b: &[u8], p: usize) -> usize {
+    if p >= 2 && b[p - 2] == b'\r' { 2 } else { 1 }
+}
+
+/// Whether the line at `p` is a boundary line of an open boundary (RFC 2046 §5.1.1): returns
+/// the boundary's index in `bounds` and whether it is the closing `--boundary--`.
+fn boundary_at(b: &[u8], p: usize, bounds: &[Bound]) -> Option<(usize, bool)> {
+    let data = b[p..].strip_prefix(b"--")?;
+    let (find, trailing_dashes) = match data.iter().position(|&c| c == b'\n') {
+        Some(mut n) => {
+            if n > 0 && data[n - 1] == b'\r' {
+                n -= 1;
+            }
+            (n, n > 2 && data[n - 2..n] == *b"--")
+        }
+        None => (data.len().min(BOUNDARY_LINE_MAX), false),
+    };
+    // Longest matching prefix; among equal ones the innermost. "--foo--" is an exact match
+    // for "foo" (its closing line) as much as "--foo" is.
+    let mut best: Option<usize> = None;
+    for (i, bd) in bounds.iter().enumerate().rev() {
+        let len = bd.text.len();
+        if len <= find
+            && data.starts_with(&bd.text)
+            && best.is_none_or(|j| bounds[j].text.len() < len)
+        {
+            best = Some(i);
+            if len == find || (trailing_dashes && len + 2 == find) {
+                break;
+            }
+        }
+    }
+    let i = best?;
+    let len = bounds[i].text.len();
+    Some((i, data.get(len..len + 2) == Some(b"--")))
+}
+
+/// The part-relevant facts of one header block.
+struct HeaderFacts {
+    mime_version: bool,
+    content_type: Option<Vec<u8>>,
+}
+
+fn header_facts(header: &[u8]) -> HeaderFacts {
+    let mut facts = HeaderFacts {
+        mime_version: false,
+        content_type: None,
+    };
+    for f in fields(header) {
+        if f.name.eq_ignore_ascii_case(b"MIME-Version") {
+            facts.mime_version = true;
+        } else if f.name.eq_ignore_ascii_case(b"Content-Type") && facts.content_type.is_none() {
+            facts.content_type = Some(unfold(f.value));
+        }
+    }
+    facts
+}
+
+/// Finds the part tree of `b`.
+fn scan(b: &[u8]) -> Vec<ScanNode> {
+    enum State {
+        Header,
+        Body,
+    }
+    let mut nodes = vec![ScanNode::new(None, 0, false, 0)];
+    let mut bounds: Vec<Bound> = Vec::new();
+    let mut cur = 0;
+    let mut pos = 0;
+    let mut state = State::Header;
+    let finish_all = |nodes: &mut Vec<ScanNode>, mut cur: usize, end: usize| {
+        loop {
+            nodes[cur].end = end;
+            match nodes[cur].parent {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+    };
+    loop {
+        match state {
+            State::Header => {
+                let start = pos;
+                let mut p = pos;
+                let mut eoh = false;
+                let mut cut = false;
+                while p < b.len() {
+                    if !bounds.is_empty()
+                        && nodes.len() < MAX_PARTS
+                        && let Some((i, _)) = boundary_at(b, p, &bounds)
+                        && bounds[i].owner != cur
+                    {
+                        cut = true;
+                        break;
+                    }
+                    let le = line_end(b, p);
+                    let line = &b[p..le];
+                    p = le;
+                    if line == b"\n" || line == b"\r\n" {
+                        eoh = true;
+                        break;
+                    }
+                }
+                // A header cut by a boundary: its last line break belongs to the boundary.
+                let header_end = if cut && p > start {
+                    p - newline_before(b, p)
+                } else {
+                    p
+                };
+                let facts = header_facts(&b[start..header_end]);
+                let depth = nodes[cur].depth;
+                let parent_digest = nodes[cur].parent.is_some_and(|q| nodes[q].digest);
+                let node = &mut nodes[cur];
+                node.header_end = header_end;
+                node.body_start = p;
+                node.is_mime |= facts.mime_version || facts.content_type.is_some();
+                let mut boundary = None;
+                match &facts.content_type {
+                    Some(v) => {
+                        let mut parser = Rfc822::new(v);
+                        let (ty, sub, ok) = parser.content_type();
+                        if ty.eq_ignore_ascii_case(b"message")
+                            && sub.eq_ignore_ascii_case(b"rfc822")
+                        {
+                            node.rfc822 = true;
+                        } else if ty.eq_ignore_ascii_case(b"text") {
+                            node.text = true;
+                        } else if ty.eq_ignore_ascii_case(b"multipart") && ok.is_some() {
+                            node.multipart = true;
+                            node.digest = sub.eq_ignore_ascii_case(b"digest");
+                            if ok == Some(true) {
+                                boundary = rfc2231_params(&mut parser)
+                                    .into_iter()
+                                    .find(|(n, _)| n.eq_ignore_ascii_case(b"boundary"))
+                                    .map(|(_, mut v)| {
+                                        v.truncate(BOUNDARY_MAX);
+                                        v
+                                    });
+                            }
+                        }
+                    }
+                    None if parent_digest => node.rfc822 = true,
+                    None => node.text = true,
+                }
+                if depth >= MAX_DEPTH {
+                    node.rfc822 = false;
+                    if node.multipart {
+                        boundary = None;
+                    }
+                }
+                pos = p;
+                if node.multipart
+                    && eoh
+                    && let Some(text) = boundary
+                {
+                    bounds.push(Bound { text, owner: cur });
+                    state = State::Body;
+                } else if node.rfc822 {
+                    let child = nodes.len();
+                    nodes.push(ScanNode::new(Some(cur), p, false, depth + 1));
+                    nodes[cur].children.push(child);
+                    cur = child;
+                    state = State::Header;
+                } else {
+                    state = State::Body;
+                }
+            }
+            State::Body => {
+                let scan_start = pos;
+                let mut p = pos;
+                loop {
+                    if bounds.is_empty() || nodes.len() >= MAX_PARTS || p >= b.len() {
+                        finish_all(&mut nodes, cur, b.len());
+                        return nodes;
+                    }
+                    if let Some((i, closing)) = boundary_at(b, p, &bounds) {
+                        let end = if p == scan_start {
+                            p
+                        } else {
+                            p - newline_before(b, p)
+                        };
+                        let owner = bounds[i].owner;
+                        while cur != owner {
+                            nodes[cur].end = end;
+                            match nodes[cur].parent {
+                                Some(q) => cur = q,
+                                None => break,
+                            }
+                        }
+                        bounds.truncate(if closing { i } else { i + 1 });
+                        let le = line_end(b, p);
+                        if b[le - 1] != b'\n' {
+                            finish_all(&mut nodes, cur, b.len());
+                            return nodes;
+                        }
+                        pos = le;
+                        if bounds.last().is_some_and(|x| x.owner == cur) {
+                            let child = nodes.len();
+                            let depth = nodes[cur].depth + 1;
+                            nodes.push(ScanNode::new(Some(cur), pos, true, depth));
+                            nodes[cur].children.push(child);
+                            cur = child;
+                            state = State::Header;
+                        } else {
+                            state = State::Body; // the epilogue
+                        }
+                        break;
+                    }
+                    p = line_end(b, p);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the [`Part`] for node `idx`, with offsets relative to `base`.
+fn build(b: &[u8], nodes: &[ScanNode], idx: usize, base: usize) -> Part {
+    let n = &nodes[idx];
+    let header = n.start - base..n.header_end - base;
+    let body = n.body_start - base..n.end.max(n.body_start) - base;
+    let info = if n.is_mime {
+        PartInfo::of(&b[n.start..n.header_end])
+    } else {
+        PartInfo::default()
+    };
+    let searchable = match &info.content_type {
+        None => true,
+        Some((ty, _)) => ty.eq_ignore_ascii_case(b"text") || ty.eq_ignore_ascii_case(b"message"),
+    };
+    let kind = if n.multipart {
+        let mut children: Vec<Part> = n
+            .children
+            .iter()
+            .map(|&c| build(b, nodes, c, base))
+            .collect();
+        if children.is_empty() {
+            // RFC 3501 wants at least one part: an empty text/plain, as Dovecot answers.
+            children.push(Part {
+                header: body.end..body.end,
+                body: body.end..body.end,
+                kind: PartKind::Leaf,
+                searchable: true,
+                info: PartInfo::default(),
+            });
+        }
+        PartKind::Multipart(children)
+    } else if n.rfc822
+        && let Some(&child) = n.children.first()
+    {
+        let bytes = b[n.body_start..n.end.max(n.body_start)].to_vec();
+        let root = build(b, nodes, child, n.body_start);
+        PartKind::Message(Box::new(MimeMessage { bytes, root }))
+    } else {
+        PartKind::Leaf
+    };
+    Part {
+        header,
+        body,
+        kind,
+        searchable,
+        info,
+    }
+}
+
 impl MimeMessage {
     /// Parses `bytes` (never fails: anything is at least a one-part message).
     pub fn parse(bytes: Vec<u8>) -> MimeMessage {
-        MimeMessage::parse_depth(bytes, 0)
-    }
-
-    fn parse_depth(bytes: Vec<u8>, depth: usize) -> MimeMessage {
-        let root = {
-            let parsed = mail_parser::MessageParser::new().parse(&bytes);
-            match parsed {
-                Some(m) if !m.parts.is_empty() => convert(&m, 0, &bytes, depth, 0, false),
-                _ => fallback_part(&bytes),
-            }
-        };
+        let nodes = scan(&bytes);
+        let root = build(&bytes, &nodes, 0, 0);
         MimeMessage { bytes, root }
     }
 
@@ -143,376 +524,490 @@ impl MimeMessage {
     }
 }
 
-fn fallback_part(bytes: &[u8]) -> Part {
-    let split = find_header_end(bytes);
-    Part {
-        header: 0..split,
-        body: split..bytes.len(),
-        kind: PartKind::Leaf,
-    }
+// ------------------------------------------------------------------ Content-* fields
+
+/// MIME `token` characters (RFC 2045 §5.1), plus `.` and 8-bit bytes as Dovecot accepts.
+fn is_token_char(c: u8) -> bool {
+    c >= 0x80 || c.is_ascii_alphanumeric() || b"!#$%&'*+-^_`{|}~.".contains(&c)
 }
 
-/// The offset just past the blank line that ends the header (or the end).
-fn find_header_end(bytes: &[u8]) -> usize {
-    if bytes.starts_with(b"\r\n") {
-        return 2;
-    }
-    if bytes.starts_with(b"\n") {
-        return 1;
-    }
-    let mut i = 0;
-    while let Some(p) = bytes[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + p;
-        let rest = &bytes[nl + 1..];
-        if rest.starts_with(b"\r\n") {
-            return nl + 3;
-        }
-        if rest.starts_with(b"\n") {
-            return nl + 2;
-        }
-        i = nl + 1;
-    }
-    bytes.len()
+/// RFC 5322 `atext`, plus 8-bit bytes.
+fn is_atext(c: u8) -> bool {
+    c >= 0x80 || c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c)
 }
 
-fn convert(
-    m: &mail_parser::Message<'_>,
-    idx: usize,
-    bytes: &[u8],
-    depth: usize,
-    guard: usize,
-    in_digest: bool,
-) -> Part {
-    let Some(p) = m.parts.get(idx) else {
-        return fallback_part(bytes);
-    };
-    let clamp = |x: u32| usize::try_from(x).unwrap_or(usize::MAX).min(bytes.len());
-    let hs = clamp(p.offset_header);
-    let bs = clamp(p.offset_body).max(hs);
-    let be = clamp(p.offset_end).max(bs);
-    let header = hs..bs;
-    let body = bs..be;
-    let ct = ContentType::of(&bytes[header.clone()], in_digest);
-    let digest = ct.is("multipart", "digest");
-    let kind = match &p.body {
-        mail_parser::PartType::Multipart(ids) if guard < 64 && !ids.is_empty() => {
-            PartKind::Multipart(
-                ids.iter()
-                    .filter_map(|&id| usize::try_from(id).ok())
-                    .filter(|&id| id != idx)
-                    .map(|id| convert(m, id, bytes, depth, guard + 1, digest))
-                    .collect(),
-            )
-        }
-        // A multipart whose boundary never appears: one empty part, as Dovecot answers.
-        _ if ct.ty.eq_ignore_ascii_case(b"multipart") => PartKind::Multipart(vec![Part {
-            header: be..be,
-            body: be..be,
-            kind: PartKind::Leaf,
-        }]),
-        _ if ct.is_message_rfc822() && depth < MAX_DEPTH => PartKind::Message(Box::new(
-            MimeMessage::parse_depth(bytes[body.clone()].to_vec(), depth + 1),
-        )),
-        _ => PartKind::Leaf,
-    };
-    Part { header, body, kind }
+/// A cursor over a structured field value (RFC 5322 §3.2 lexical tokens, RFC 2045 §5.1).
+struct Rfc822<'a> {
+    v: &'a [u8],
+    i: usize,
 }
 
-/// A Content-Type (or Content-Disposition) value as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContentType {
-    /// Media type as written (`text`).
-    pub ty: Vec<u8>,
-    /// Subtype as written (`plain`).
-    pub sub: Vec<u8>,
-    /// Parameters in order, names and values as written (quotes removed).
-    pub params: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Whether the header was present.
-    pub present: bool,
-}
+/// Result of a step: `Some(true)` more input follows, `Some(false)` at the end, `None` broken.
+type Step = Option<bool>;
 
-impl ContentType {
-    /// The part's Content-Type; `text/plain; charset=us-ascii` when absent
-    /// (`message/rfc822` in a multipart/digest, RFC 2046 §5.1.5).
-    pub fn of(header: &[u8], in_digest: bool) -> ContentType {
-        match header_value(header, "Content-Type") {
-            Some(v) => {
-                let (ty_sub, params) = parse_params(&v);
-                let (ty, sub) = match ty_sub.iter().position(|&b| b == b'/') {
-                    Some(i) => (
-                        ty_sub[..i].trim_ascii().to_vec(),
-                        ty_sub[i + 1..].trim_ascii().to_vec(),
-                    ),
-                    None => (Vec::new(), Vec::new()),
-                };
-                let mut params = params;
-                // A text part without a charset is us-ascii (RFC 2045 §5.2), said explicitly.
-                if ty.eq_ignore_ascii_case(b"text")
-                    && !params
-                        .iter()
-                        .any(|(n, _)| n.eq_ignore_ascii_case(b"charset"))
-                {
-                    params.push((b"charset".to_vec(), b"us-ascii".to_vec()));
+impl<'a> Rfc822<'a> {
+    fn new(v: &'a [u8]) -> Self {
+        Rfc822 { v, i: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.v.get(self.i).copied()
+    }
+
+    /// Skips whitespace and comments.
+    fn skip_lwsp(&mut self) -> Step {
+        while let Some(c) = self.peek() {
+            match c {
+                b' ' | b'\t' | b'\r' | b'\n' => self.i += 1,
+                b'(' => {
+                    let mut level = 0usize;
+                    let mut closed = false;
+                    while let Some(c) = self.peek() {
+                        self.i += 1;
+                        match c {
+                            b'(' => level += 1,
+                            b')' => {
+                                level -= 1;
+                                if level == 0 {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                            b'\\' => {
+                                self.peek()?;
+                                self.i += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !closed {
+                        return None;
+                    }
                 }
-                ContentType {
-                    ty,
-                    sub,
-                    params,
-                    present: true,
-                }
+                _ => break,
             }
-            None if in_digest => ContentType {
-                ty: b"message".to_vec(),
-                sub: b"rfc822".to_vec(),
-                params: Vec::new(),
-                present: false,
-            },
-            None => ContentType {
-                ty: b"text".to_vec(),
-                sub: b"plain".to_vec(),
-                params: vec![(b"charset".to_vec(), b"us-ascii".to_vec())],
-                present: false,
-            },
         }
+        Some(self.i < self.v.len())
     }
 
-    fn is(&self, ty: &str, sub: &str) -> bool {
-        self.ty.eq_ignore_ascii_case(ty.as_bytes()) && self.sub.eq_ignore_ascii_case(sub.as_bytes())
+    fn token(&mut self, out: &mut Vec<u8>) -> Step {
+        let start = self.i;
+        while self.peek().is_some_and(is_token_char) {
+            self.i += 1;
+        }
+        out.extend_from_slice(&self.v[start..self.i]);
+        self.skip_lwsp()
     }
 
-    /// `message/rfc822` (or `message/global`, RFC 6532).
-    pub fn is_message_rfc822(&self) -> bool {
-        self.is("message", "rfc822") || self.is("message", "global")
+    fn atom(&mut self, out: &mut Vec<u8>) -> Step {
+        if !self.peek().is_some_and(is_atext) {
+            return None;
+        }
+        let start = self.i;
+        while self.peek().is_some_and(is_atext) {
+            self.i += 1;
+        }
+        out.extend_from_slice(&self.v[start..self.i]);
+        self.skip_lwsp()
     }
 
-    fn is_text(&self) -> bool {
-        self.ty.eq_ignore_ascii_case(b"text")
-    }
-}
-
-/// Parameters as (name, value) pairs, as written.
-type Params = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Skips a comment starting at `i` (which is `(`); returns the index after it.
-fn skip_comment(v: &[u8], mut i: usize) -> usize {
-    let mut depth = 0usize;
-    while i < v.len() {
-        match v[i] {
-            b'\\' => i += 1,
-            b'(' => depth += 1,
-            b')' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return i + 1;
+    fn quoted(&mut self, out: &mut Vec<u8>) -> Step {
+        self.i += 1; // the opening quote
+        while let Some(c) = self.peek() {
+            self.i += 1;
+            match c {
+                b'"' => return self.skip_lwsp(),
+                b'\\' => {
+                    out.push(self.peek()?);
+                    self.i += 1;
                 }
+                b'\r' | b'\n' => {}
+                c => out.push(c),
             }
-            _ => {}
         }
-        i += 1;
+        None
     }
-    i
+
+    /// `type "/" subtype`; both empty when it does not parse. The step says what follows.
+    fn content_type(&mut self) -> (Vec<u8>, Vec<u8>, Step) {
+        let fail = (Vec::new(), Vec::new(), None);
+        if self.skip_lwsp() != Some(true) {
+            return fail;
+        }
+        let mut ty = Vec::new();
+        if self.token(&mut ty) != Some(true) || ty.is_empty() || self.peek() != Some(b'/') {
+            return fail;
+        }
+        self.i += 1;
+        if self.skip_lwsp() != Some(true) {
+            return fail;
+        }
+        let mut sub = Vec::new();
+        let step = self.token(&mut sub);
+        // Anything but parameters after the subtype makes the whole field invalid.
+        if step.is_none() || sub.is_empty() || (step == Some(true) && self.peek() != Some(b';')) {
+            return fail;
+        }
+        (ty, sub, step)
+    }
+
+    /// One `";" attribute "=" value`: `Ok(None)` at the end, `Err(())` when broken.
+    fn param(&mut self) -> Result<Option<Param>, ()> {
+        match self.peek() {
+            None => return Ok(None),
+            Some(b';') => self.i += 1,
+            Some(_) => return Err(()),
+        }
+        if self.skip_lwsp() != Some(true) {
+            return Err(());
+        }
+        let mut key = Vec::new();
+        if self.token(&mut key) != Some(true) || self.peek() != Some(b'=') {
+            return Err(());
+        }
+        self.i += 1;
+        let mut value = Vec::new();
+        let step = match self.skip_lwsp() {
+            s @ (None | Some(false)) => s,
+            Some(true) if self.peek() == Some(b'"') => self.quoted(&mut value),
+            Some(true) if self.peek() == Some(b'=') => {
+                // Broken input seen in the wild: name==?utf-8?b?...?=
+                while let Some(c) = self.peek() {
+                    if matches!(c, b';' | b' ' | b'\t' | b'\r' | b'\n') {
+                        break;
+                    }
+                    value.push(c);
+                    self.i += 1;
+                }
+                Some(true)
+            }
+            Some(true) => self.token(&mut value),
+        };
+        match step {
+            None => Err(()),
+            Some(_) => Ok(Some((key, value))),
+        }
+    }
 }
 
-/// Parses `value *(";" name "=" value)` into the leading token and the parameters.
-fn parse_params(v: &[u8]) -> (Vec<u8>, Params) {
-    let mut i = 0;
-    let mut first = Vec::new();
-    while i < v.len() && v[i] != b';' {
-        if v[i] == b'(' {
-            i = skip_comment(v, i);
-            continue;
-        }
-        if !v[i].is_ascii_whitespace() {
-            first.push(v[i]);
-        }
-        i += 1;
+/// The parameters after a Content-Type or Content-Disposition value, with RFC 2231
+/// continuations (`name*0*`, `name*1`, ...) joined into one `name*` (or `name`) parameter,
+/// still encoded. Plain parameters come first, in order; joined ones follow, sorted by name.
+/// Parameters with missing continuation numbers are kept as written.
+fn rfc2231_params(p: &mut Rfc822<'_>) -> Params {
+    struct Piece {
+        key: Vec<u8>,
+        idx: u32,
+        extended: bool,
+        value: Vec<u8>,
     }
-    let mut params = Vec::new();
-    while i < v.len() {
-        // at ';'
-        i += 1;
-        while i < v.len() && (v[i].is_ascii_whitespace() || v[i] == b';') {
-            i += 1;
-        }
-        let mut name = Vec::new();
-        while i < v.len() && v[i] != b'=' && v[i] != b';' {
-            if v[i] == b'(' {
-                i = skip_comment(v, i);
+    let mut plain: Params = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut idx = 0u32; // carried over from the previous `name*n` like Dovecot does
+    loop {
+        match p.param() {
+            Ok(None) => break,
+            Err(()) => {
+                if p.peek().is_none() {
+                    break;
+                }
+                p.i += 1;
                 continue;
             }
-            if !v[i].is_ascii_whitespace() {
-                name.push(v[i]);
-            }
-            i += 1;
-        }
-        if i >= v.len() || v[i] == b';' {
-            continue;
-        }
-        i += 1; // '='
-        while i < v.len() && v[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let mut value = Vec::new();
-        if i < v.len() && v[i] == b'"' {
-            i += 1;
-            while i < v.len() && v[i] != b'"' {
-                if v[i] == b'\\' && i + 1 < v.len() {
-                    i += 1;
+            Ok(Some((key, value))) => {
+                let Some(star) = key.iter().position(|&c| c == b'*') else {
+                    plain.push((key, value));
+                    continue;
+                };
+                let mut j = star;
+                if star + 1 < key.len() {
+                    j = star + 1;
+                    idx = 0;
+                    while let Some(d) = key.get(j).filter(|d| d.is_ascii_digit()) {
+                        idx = idx.saturating_mul(10).saturating_add(u32::from(d - b'0'));
+                        j += 1;
+                    }
                 }
-                value.push(v[i]);
-                i += 1;
-            }
-            i += 1;
-            while i < v.len() && v[i] != b';' {
-                i += 1;
-            }
-        } else {
-            while i < v.len() && v[i] != b';' {
-                if v[i] == b'(' {
-                    i = skip_comment(v, i);
+                let extended = key.get(j) == Some(&b'*');
+                if extended {
+                    j += 1;
+                }
+                if j != key.len() {
+                    plain.push((key, value));
                     continue;
                 }
-                value.push(v[i]);
-                i += 1;
+                pieces.push(Piece {
+                    key: key[..star].to_vec(),
+                    idx,
+                    extended,
+                    value,
+                });
             }
-            let t = value.trim_ascii().to_vec();
-            value = t;
-        }
-        if !name.is_empty() {
-            params.push((name, value));
         }
     }
-    (first, params)
+    pieces.sort_by(|a, b| a.key.cmp(&b.key).then(a.idx.cmp(&b.idx)));
+    let mut i = 0;
+    while i < pieces.len() {
+        let mut j = i;
+        let mut ok = true;
+        let mut any_extended = false;
+        while j < pieces.len() && pieces[j].key.eq_ignore_ascii_case(&pieces[i].key) {
+            ok &= pieces[j].idx as usize == j - i;
+            any_extended |= pieces[j].extended;
+            j += 1;
+        }
+        if ok {
+            let mut value = Vec::new();
+            if !pieces[i].extended && any_extended {
+                value.extend_from_slice(b"''");
+            }
+            for piece in &pieces[i..j] {
+                if !piece.extended && any_extended {
+                    for &c in &piece.value {
+                        if c == b'%' {
+                            value.extend_from_slice(b"%25");
+                        } else {
+                            value.push(c);
+                        }
+                    }
+                } else {
+                    value.extend_from_slice(&piece.value);
+                }
+            }
+            let mut key = pieces[i].key.clone();
+            if any_extended {
+                key.push(b'*');
+            }
+            plain.push((key, value));
+        } else {
+            for piece in &pieces[i..j] {
+                let mut key = piece.key.clone();
+                let _ = write!(Lossy(&mut key), "*{}", piece.idx);
+                if piece.extended {
+                    key.push(b'*');
+                }
+                plain.push((key, piece.value.clone()));
+            }
+        }
+        i = j;
+    }
+    plain
 }
 
-fn push_params(out: &mut Vec<u8>, params: &[(Vec<u8>, Vec<u8>)]) {
-    if params.is_empty() {
+impl PartInfo {
+    /// The Content-* data of a MIME part's header (the first field of each kind counts).
+    pub fn of(header: &[u8]) -> PartInfo {
+        let mut info = PartInfo::default();
+        let mut seen_disposition = false;
+        for f in fields(header) {
+            let Some(name) = f
+                .name
+                .get(..8)
+                .filter(|p| p.eq_ignore_ascii_case(b"Content-"))
+                .map(|_| &f.name[8..])
+            else {
+                continue;
+            };
+            let value = unfold(f.value);
+            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+            if is("Type") && info.content_type.is_none() {
+                let mut p = Rfc822::new(&value);
+                let (ty, sub, step) = p.content_type();
+                info.content_type = Some((ty, sub));
+                if step.is_some() {
+                    info.params = rfc2231_params(&mut p);
+                }
+            } else if is("Transfer-Encoding") && info.encoding.is_none() {
+                let mut p = Rfc822::new(&value);
+                let mut tok = Vec::new();
+                p.skip_lwsp();
+                if p.token(&mut tok) == Some(false) && !tok.is_empty() {
+                    info.encoding = Some(tok);
+                }
+            } else if is("ID") && info.id.is_none() {
+                info.id = Some(value);
+            } else if is("MD5") && info.md5.is_none() {
+                info.md5 = Some(value);
+            } else if is("Description") && info.description.is_none() {
+                info.description = Some(value);
+            } else if is("Location") && info.location.is_none() {
+                info.location = Some(value);
+            } else if is("Disposition") && !seen_disposition {
+                let mut p = Rfc822::new(&value);
+                let mut tok = Vec::new();
+                p.skip_lwsp();
+                if p.token(&mut tok).is_some() {
+                    let params = rfc2231_params(&mut p);
+                    seen_disposition = !params.is_empty();
+                    info.disposition = Some((tok, params));
+                }
+            } else if is("Language") && info.language.is_none() {
+                let mut p = Rfc822::new(&value);
+                let mut langs = Vec::new();
+                p.skip_lwsp();
+                loop {
+                    let mut tag = Vec::new();
+                    if p.atom(&mut tag).is_none() {
+                        break;
+                    }
+                    langs.push(tag);
+                    if p.peek() != Some(b',') {
+                        break;
+                    }
+                    p.i += 1;
+                    p.skip_lwsp();
+                }
+                if !langs.is_empty() {
+                    info.language = Some(langs);
+                }
+            }
+        }
+        info
+    }
+}
+
+fn push_params(out: &mut Vec<u8>, params: &[(Vec<u8>, Vec<u8>)], default_charset: bool) {
+    if params.is_empty() && !default_charset {
         out.extend_from_slice(b"NIL");
         return;
     }
     out.push(b'(');
+    let mut seen_charset = false;
     for (i, (n, v)) in params.iter().enumerate() {
         if i > 0 {
             out.push(b' ');
         }
+        seen_charset |= n.eq_ignore_ascii_case(b"charset");
         push_string(out, n);
         out.push(b' ');
         push_string(out, v);
     }
+    // A text part without a charset is us-ascii (RFC 2045 §5.2), said explicitly.
+    if default_charset && !seen_charset {
+        if !params.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(b"\"charset\" \"us-ascii\"");
+    }
     out.push(b')');
 }
 
-fn count_lines(body: &[u8]) -> usize {
-    body.iter().filter(|&&b| b == b'\n').count()
+/// Lines and size of a body as BODYSTRUCTURE counts them: a bare LF counts as CRLF.
+fn body_counts(bytes: &[u8], range: Range<usize>) -> (usize, usize) {
+    let mut lines = 0;
+    let mut bare = 0;
+    for i in range.clone() {
+        if bytes[i] == b'\n' {
+            lines += 1;
+            if i == 0 || bytes[i - 1] != b'\r' {
+                bare += 1;
+            }
+        }
+    }
+    (range.len() + bare, lines)
 }
 
-/// Appends BODYSTRUCTURE (`extended`) or BODY of `part` in `msg_bytes`.
+/// Appends BODYSTRUCTURE (`extended`) or BODY of `part` in `bytes` (RFC 3501 §7.4.2).
 pub fn push_body_structure(
     out: &mut Vec<u8>,
     bytes: &[u8],
     part: &Part,
     extended: bool,
-    in_digest: bool,
+    _in_digest: bool,
 ) {
-    let header = &bytes[part.header.clone()];
-    let ct = ContentType::of(header, in_digest);
+    let info = &part.info;
     out.push(b'(');
     match &part.kind {
         PartKind::Multipart(children) => {
-            let digest = ct.is("multipart", "digest");
-            if children.is_empty() {
-                // RFC 3501 requires at least one body; describe an empty text part.
-                out.extend_from_slice(
-                    b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)",
-                );
-            }
             for child in children {
-                push_body_structure(out, bytes, child, extended, digest);
+                push_body_structure(out, bytes, child, extended, false);
             }
             out.push(b' ');
-            push_string(out, &ct.sub);
+            push_string(out, info.content_type.as_ref().map_or(&b""[..], |(_, s)| s));
             if extended {
                 out.push(b' ');
-                push_params(out, &ct.params);
-                push_ext(out, header);
+                push_params(out, &info.params, false);
+                push_ext(out, info);
             }
         }
         kind => {
-            push_string(out, &ct.ty);
+            let text = match kind {
+                PartKind::Message(_) => {
+                    out.extend_from_slice(b"\"message\" \"rfc822\"");
+                    false
+                }
+                _ => match &info.content_type {
+                    None => {
+                        out.extend_from_slice(b"\"text\" \"plain\"");
+                        true
+                    }
+                    Some((ty, sub)) => {
+                        push_string(out, ty);
+                        out.push(b' ');
+                        push_string(out, sub);
+                        ty.eq_ignore_ascii_case(b"text")
+                    }
+                },
+            };
             out.push(b' ');
-            push_string(out, &ct.sub);
+            push_params(out, &info.params, text);
             out.push(b' ');
-            push_params(out, &ct.params);
+            push_nstring(out, info.id.as_deref());
             out.push(b' ');
-            push_nstring(out, header_value(header, "Content-ID").as_deref());
-            out.push(b' ');
-            push_nstring(out, header_value(header, "Content-Description").as_deref());
+            push_nstring(out, info.description.as_deref());
             out.push(b' ');
             // CLIENTS.md §F.16: never NIL for the encoding.
-            let cte = header_value(header, "Content-Transfer-Encoding")
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| b"7bit".to_vec());
-            push_string(out, &cte);
-            let body = &bytes[part.body.clone()];
-            let _ = write!(Lossy(out), " {}", body.len());
+            push_string(out, info.encoding.as_deref().unwrap_or(b"7bit"));
+            let (size, lines) = body_counts(bytes, part.body.clone());
+            let _ = write!(Lossy(out), " {size}");
             if let PartKind::Message(inner) = kind {
                 out.push(b' ');
                 push_envelope(out, inner.header());
                 out.push(b' ');
                 push_body_structure(out, &inner.bytes, &inner.root, extended, false);
-                let _ = write!(Lossy(out), " {}", count_lines(body));
-            } else if ct.is_text() {
-                let _ = write!(Lossy(out), " {}", count_lines(body));
+                let _ = write!(Lossy(out), " {lines}");
+            } else if text {
+                let _ = write!(Lossy(out), " {lines}");
             }
             if extended {
                 out.push(b' ');
-                push_nstring(out, header_value(header, "Content-MD5").as_deref());
-                push_ext(out, header);
+                push_nstring(out, info.md5.as_deref());
+                push_ext(out, info);
             }
         }
     }
     out.push(b')');
 }
 
-/// ` disposition language location`
-fn push_ext(out: &mut Vec<u8>, header: &[u8]) {
+/// ` disposition language location` (RFC 3501 §7.4.2 body extensions).
+fn push_ext(out: &mut Vec<u8>, info: &PartInfo) {
     out.push(b' ');
-    match header_value(header, "Content-Disposition") {
-        Some(v) if !v.is_empty() => {
-            let (d, params) = parse_params(&v);
+    match &info.disposition {
+        Some((d, params)) => {
             out.push(b'(');
-            push_string(out, &d);
+            push_string(out, d);
             out.push(b' ');
-            push_params(out, &params);
+            push_params(out, params, false);
             out.push(b')');
         }
-        _ => out.extend_from_slice(b"NIL"),
+        None => out.extend_from_slice(b"NIL"),
     }
     out.push(b' ');
-    match header_value(header, "Content-Language") {
-        Some(v) if !v.is_empty() => {
-            let langs: Vec<&[u8]> = v
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|l| !l.is_empty())
-                .collect();
-            if langs.len() == 1 {
-                push_string(out, langs[0]);
-            } else {
-                out.push(b'(');
-                for (i, l) in langs.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b' ');
-                    }
-                    push_string(out, l);
+    match &info.language {
+        Some(langs) => {
+            out.push(b'(');
+            for (i, l) in langs.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
                 }
-                out.push(b')');
+                push_string(out, l);
             }
+            out.push(b')');
         }
-        _ => out.extend_from_slice(b"NIL"),
+        None => out.extend_from_slice(b"NIL"),
     }
     out.push(b' ');
-    push_nstring(out, header_value(header, "Content-Location").as_deref());
+    push_nstring(out, info.location.as_deref());
 }
 
 // ------------------------------------------------------------------ envelope
@@ -524,7 +1019,19 @@ pub fn push_envelope(out: &mut Vec<u8>, header: &[u8]) {
     push_nstring(out, get("Date").filter(|v| !v.is_empty()).as_deref());
     out.push(b' ');
     push_nstring(out, get("Subject").filter(|v| !v.is_empty()).as_deref());
-    let from = get("From");
+    // Repeated address fields add up (Dovecot merges them; RFC 5322 allows one of each).
+    let all = |name: &str| -> Option<Vec<EnvAddress>> {
+        let mut found = false;
+        let mut list = Vec::new();
+        for f in fields(header) {
+            if f.name.eq_ignore_ascii_case(name.as_bytes()) {
+                found = true;
+                list.extend(parse_addresses(&unfold(f.value)));
+            }
+        }
+        found.then_some(list)
+    };
+    let from = all("From");
     for (name, fallback) in [
         ("From", None),
         ("Sender", from.as_ref()),
@@ -534,13 +1041,13 @@ pub fn push_envelope(out: &mut Vec<u8>, header: &[u8]) {
         ("Bcc", None),
     ] {
         out.push(b' ');
-        let value = get(name);
+        let value = all(name);
         let value = match (&value, fallback) {
-            (Some(v), _) if !parse_addresses(v).is_empty() => value.as_ref(),
-            (_, Some(f)) => Some(f),
-            _ => value.as_ref(),
+            (Some(v), _) if !v.is_empty() => value,
+            (_, Some(f)) => Some(f.clone()),
+            _ => value,
         };
-        push_address_list(out, value.map(|v| parse_addresses(v)).unwrap_or_default());
+        push_address_list(out, value.unwrap_or_default());
     }
     out.push(b' ');
     push_nstring(out, get("In-Reply-To").filter(|v| !v.is_empty()).as_deref());
@@ -588,6 +1095,26 @@ enum Tok {
     Special(u8),
     Comment(Vec<u8>),
     DomainLit(Vec<u8>),
+}
+
+/// Skips a comment starting at `i` (which is `(`); returns the index after it.
+fn skip_comment(v: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i < v.len() {
+        match v[i] {
+            b'\\' => i += 1,
+            b'(' => depth += 1,
+            b')' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
 }
 
 fn tokenize(v: &[u8]) -> Vec<Tok> {
@@ -917,6 +1444,22 @@ pub fn section_bytes(
     path: &[u32],
     text: &crate::wire::SectionText,
 ) -> Option<Vec<u8>> {
+    let mut out = section_bytes_raw(msg, path, text)?;
+    // A NUL cannot travel in an IMAP literal (RFC 3501 §4.3); like Dovecot, send 0x80 instead
+    // (BINARY, RFC 3516, is how a client gets the real bytes).
+    for b in &mut out {
+        if *b == 0 {
+            *b = 0x80;
+        }
+    }
+    Some(out)
+}
+
+fn section_bytes_raw(
+    msg: &MimeMessage,
+    path: &[u32],
+    text: &crate::wire::SectionText,
+) -> Option<Vec<u8>> {
     use crate::wire::SectionText as T;
     let node = msg.resolve(path)?;
     // The header/text of the message the section refers to.
@@ -980,18 +1523,72 @@ pub fn binary_bytes(msg: &MimeMessage, path: &[u32]) -> Result<Vec<u8>, BinaryEr
     }
     let node = msg.resolve(path).ok_or(BinaryError::NoPart)?;
     let body = &node.bytes[node.part.body.clone()];
+    // Dovecot decodes a message's parts together and refuses BINARY on every part of a
+    // message with a part in an unknown encoding; the oracle answers follow that.
+    if has_unknown_cte(&msg.bytes, &msg.root) {
+        return Err(BinaryError::UnknownCte);
+    }
     if let PartKind::Multipart(_) = node.part.kind {
         return Ok(body.to_vec());
     }
     let header = &node.bytes[node.part.header.clone()];
-    let cte = header_value(header, "Content-Transfer-Encoding")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match cte.as_slice() {
-        b"" | b"7bit" | b"8bit" | b"binary" => Ok(body.to_vec()),
-        b"base64" => decode_base64(body).ok_or(BinaryError::Broken),
-        b"quoted-printable" => Ok(decode_qp(body)),
-        _ => Err(BinaryError::UnknownCte),
+    match Cte::of(header) {
+        Cte::Identity => Ok(body.to_vec()),
+        Cte::Base64 => decode_base64(body).ok_or(BinaryError::Broken),
+        Cte::QuotedPrintable => Ok(decode_qp(body)),
+        Cte::Unknown => Err(BinaryError::UnknownCte),
+    }
+}
+
+/// A leaf's body with its Content-Transfer-Encoding undone, leniently (for SEARCH): broken or
+/// unknown encodings give the bytes as they are.
+pub fn decode_transfer(header: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    match Cte::of(header) {
+        Cte::Identity => Some(body.to_vec()),
+        Cte::Base64 => Some(decode_base64(body).unwrap_or_else(|| body.to_vec())),
+        Cte::QuotedPrintable => Some(decode_qp(body)),
+        Cte::Unknown => None,
+    }
+}
+
+/// A Content-Transfer-Encoding (RFC 2045 §6.1), judged by its leading token only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cte {
+    /// None given, `7bit`, `8bit` or `binary`.
+    Identity,
+    /// `base64`
+    Base64,
+    /// `quoted-printable`
+    QuotedPrintable,
+    /// Anything else (`x-uuencode`, `8 bit`, `7bits`, ...).
+    Unknown,
+}
+
+impl Cte {
+    /// The encoding named by the first Content-Transfer-Encoding field of `header`.
+    pub fn of(header: &[u8]) -> Cte {
+        let Some(v) = header_value(header, "Content-Transfer-Encoding") else {
+            return Cte::Identity;
+        };
+        let mut p = Rfc822::new(&v);
+        let mut tok = Vec::new();
+        p.skip_lwsp();
+        let _ = p.token(&mut tok);
+        match tok.to_ascii_lowercase().as_slice() {
+            b"7bit" | b"8bit" | b"binary" => Cte::Identity,
+            b"base64" => Cte::Base64,
+            b"quoted-printable" => Cte::QuotedPrintable,
+            _ => Cte::Unknown,
+        }
+    }
+}
+
+/// Whether `part` or a part below it (in the same message) has an unknown transfer encoding.
+fn has_unknown_cte(bytes: &[u8], part: &Part) -> bool {
+    match &part.kind {
+        PartKind::Multipart(children) => children.iter().any(|c| has_unknown_cte(bytes, c)),
+        PartKind::Message(_) => false,
+        PartKind::Leaf => Cte::of(&bytes[part.header.clone()]) == Cte::Unknown,
     }
 }
 
@@ -1118,6 +1715,61 @@ mod tests {
         assert!(
             bs.ends_with(" \"mixed\" (\"boundary\" \"b\") NIL NIL NIL)"),
             "{bs}"
+        );
+    }
+
+    fn structure(raw: &str) -> String {
+        let m = MimeMessage::parse(raw.as_bytes().to_vec());
+        let mut out = Vec::new();
+        push_body_structure(&mut out, &m.bytes, &m.root, false, false);
+        String::from_utf8(out).expect("utf8")
+    }
+
+    /// Malformed-MIME regressions, each answered as Dovecot 2.3 answers (imap-oracle 108, 039,
+    /// 120, 034, 038).
+    #[test]
+    fn boundary_scanner_follows_dovecot_on_malformed_mime() {
+        let table = [
+            // "--a--" opens a part of boundary "a--"; the nested "a----" wins on its lines.
+            (
+                "Content-Type: multipart/mixed; boundary=\"a--\"\r\n\r\n--a--\r\nContent-Type: multipart/mixed; boundary=\"a----\"\r\n\r\n--a----\r\nContent-Type: text/plain\r\n\r\nbody\r\n--a------\r\n\r\nepilogue\r\n--a--------",
+                "(((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 4 0) \"mixed\") \"mixed\")",
+            ),
+            // After the closing line, a repeated boundary is epilogue, not a new part.
+            (
+                "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b--\r\n--b\r\n\r\ntwo\r\n",
+                "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 3 0) \"mixed\")",
+            ),
+            // Garbage after the subtype (a missing ';') voids the Content-Type.
+            (
+                "Content-Type: multipart/mixed\r\n\tboundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+                "(\"\" \"\" NIL NIL NIL \"7bit\" 17)",
+            ),
+            // An RFC 2231 "boundary*" is not a boundary: one empty part.
+            (
+                "Content-Type: multipart/mixed; boundary*=us-ascii''b\r\n\r\n--b\r\n\r\nx\r\n",
+                "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0) \"mixed\")",
+            ),
+            // Back-to-back boundary lines make empty parts; the CRLF before a boundary is its own.
+            (
+                "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n--b\r\n\r\nx\r\n--b--\r\n",
+                "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 1 0) \"mixed\")",
+            ),
+        ];
+        for (raw, want) in table {
+            assert_eq!(structure(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn rfc2231_continuations_are_joined_not_decoded() {
+        let mut p = Rfc822::new(b"; title*0*=us-ascii'en'This%20is; title*1=\" fun%\"; a=b");
+        assert_eq!(
+            rfc2231_params(&mut p),
+            vec![
+                (b"a".to_vec(), b"b".to_vec()),
+                (b"title*".to_vec(), b"us-ascii'en'This%20is fun%25".to_vec()),
+            ]
         );
     }
 

@@ -105,35 +105,50 @@ fn header_len(raw: &[u8]) -> usize {
     m.root.header.end
 }
 
+/// The decoded text of every part SEARCH BODY looks at: text/* and message/* leaves, and parts
+/// without a Content-Type (as Dovecot does without a full-text index), plus the headers of
+/// encapsulated messages.
 fn body_texts(raw: &[u8]) -> Vec<String> {
+    let m = mime::MimeMessage::parse(raw.to_vec());
     let mut out = Vec::new();
-    if let Some(m) = mail_parser::MessageParser::new().parse(raw) {
-        collect_texts(&m, &mut out, 0);
-    }
+    collect_texts(&m.bytes, &m.root, &mut out, 0);
     out
 }
 
-fn collect_texts(m: &mail_parser::Message<'_>, out: &mut Vec<String>, depth: usize) {
-    for p in &m.parts {
-        match &p.body {
-            mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
-                out.push(t.to_string());
+fn collect_texts(bytes: &[u8], part: &mime::Part, out: &mut Vec<String>, depth: usize) {
+    match &part.kind {
+        mime::PartKind::Multipart(children) => {
+            for c in children {
+                collect_texts(bytes, c, out, depth);
             }
-            mail_parser::PartType::Message(inner) if depth < 8 => {
-                for h in inner
-                    .parts
-                    .first()
-                    .map(|p| p.headers.as_slice())
-                    .unwrap_or(&[])
-                {
-                    if let Some(t) = h.value.as_text() {
-                        out.push(t.to_string());
-                    }
-                }
-                collect_texts(inner, out, depth + 1);
-            }
-            _ => {}
         }
+        mime::PartKind::Message(inner) if depth < 8 => {
+            out.push(decode_header(inner.header()));
+            collect_texts(&inner.bytes, &inner.root, out, depth + 1);
+        }
+        mime::PartKind::Message(_) => {}
+        mime::PartKind::Leaf if part.searchable => {
+            // An unknown transfer encoding cannot be read as text: the part is skipped.
+            let Some(decoded) =
+                mime::decode_transfer(&bytes[part.header.clone()], &bytes[part.body.clone()])
+            else {
+                return;
+            };
+            let charset = part
+                .info
+                .params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"charset"))
+                .map(|(_, v)| v.as_slice());
+            let text = charset
+                .and_then(mail_parser::decoders::charsets::map::charset_decoder)
+                .map_or_else(
+                    || String::from_utf8_lossy(&decoded).into_owned(),
+                    |f| f(&decoded),
+                );
+            out.push(text);
+        }
+        mime::PartKind::Leaf => {}
     }
 }
 

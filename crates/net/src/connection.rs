@@ -504,6 +504,44 @@ impl Connection {
     }
 }
 
+/// Byte-stream access for protocols framed by a library of their own (HTTP through hyper):
+/// reads hand out bytes already buffered by [`Connection::read_line`] and friends first, then
+/// read the socket. Unlike the line API these reads apply no idle timeout and never report
+/// shutdown; such a caller bounds its reads itself (hyper's header timeout, a body timeout).
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() {
+            let n = this.buf.len().min(buf.remaining());
+            buf.put_slice(&this.buf[..n]);
+            this.buf.advance(n);
+            this.shrink_if_idle();
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+/// Byte-stream writes straight to the socket (TLS buffers until flushed). No idle timeout
+/// applies here; see the [`AsyncRead`] impl.
+impl AsyncWrite for Connection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// Server side of a TLS handshake, bounded by `limit`.
 pub(crate) async fn handshake(
     tcp: TcpStream,
@@ -515,5 +553,46 @@ pub(crate) async fn handshake(
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(err)) => Err(NetError::Handshake(err)),
         Err(_elapsed) => Err(NetError::HandshakeTimeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The byte-stream view starts with what the line reader had buffered beyond its line, so
+    /// a protocol that reads a first line itself and then hands over to a library loses nothing.
+    #[tokio::test]
+    async fn async_read_returns_buffered_bytes_first_then_the_socket() -> TestResult {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = TcpStream::connect(listener.local_addr()?).await?;
+        let (tcp, _) = listener.accept().await?;
+        let secs = Duration::from_secs(5);
+        let mut conn = Connection::new_plain(tcp, secs, secs, Shutdown::new())?;
+
+        client.write_all(b"FIRST\r\nbuffered").await?;
+        assert_eq!(
+            conn.read_line(64).await?,
+            ReadEvent::Line(b"FIRST\r\n".to_vec())
+        );
+        while conn.buffer().len() < b"buffered".len() {
+            assert!(matches!(conn.fill_buf().await?, FillEvent::Read(_)));
+        }
+        assert_eq!(conn.buffer(), b"buffered");
+        client.write_all(b" then socket").await?;
+        client.shutdown().await?;
+        let mut rest = Vec::new();
+        timeout(secs, conn.read_to_end(&mut rest)).await??;
+        assert_eq!(rest, b"buffered then socket");
+
+        AsyncWriteExt::write_all(&mut conn, b"reply").await?;
+        AsyncWriteExt::flush(&mut conn).await?;
+        AsyncWriteExt::shutdown(&mut conn).await?;
+        let mut got = Vec::new();
+        timeout(secs, client.read_to_end(&mut got)).await??;
+        assert_eq!(got, b"reply");
+        Ok(())
     }
 }

@@ -379,6 +379,14 @@ impl CertStore {
         })
     }
 
+    /// The certificate chain and signing key served for `name`, chosen exactly as for a TLS
+    /// client sending that SNI (exact name, one-label wildcard, then the default). For signing
+    /// with the host's identity outside TLS (CMS-signed Apple profiles): the private key stays
+    /// inside rustls' [`SigningKey`](rustls::sign::SigningKey). `None` while nothing is loaded.
+    pub fn certified_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.served().lookup(Some(name))
+    }
+
     /// Path of the local CA certificate (Some in local-CA mode), for clients to trust.
     pub fn ca_path(&self) -> Option<PathBuf> {
         match &self.origin {
@@ -491,6 +499,30 @@ mod tests {
                 strings(&["b.example.test", "c.example.test"])
             ]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn certified_key_picks_like_sni() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = CertStore::new(CertSource::LocalCa {
+            dir: dir.path().to_owned(),
+        })?;
+        assert!(store.certified_key("mail.example.test").is_none());
+        store.ensure_local_names(&[
+            strings(&["mail.example.test"]),
+            strings(&["example.org", "autoconfig.example.org"]),
+        ])?;
+        let names_of = |name: &str| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+            let key = store.certified_key(name).ok_or("no certificate")?;
+            let facts = pem::cert_facts(key.end_entity_cert()?)?;
+            Ok(facts.dns_names)
+        };
+        assert_eq!(
+            names_of("AUTOCONFIG.example.org")?,
+            ["example.org", "autoconfig.example.org"]
+        );
+        assert_eq!(names_of("unknown.example.net")?, ["mail.example.test"]);
         Ok(())
     }
 
