@@ -20,11 +20,14 @@
 //! - Every message and mailbox operation is scoped to an account: a mailbox or message
 //!   of another account is "not found".
 //! - Addresses and domains compare case-insensitively (stored lower-case).
+//! - A queued message ([`Store::enqueue`]) follows the same blob-before-row rule and the same
+//!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
 mod blob;
 mod error;
 mod feed;
 pub mod password;
+mod queue;
 mod sqlite;
 mod types;
 
@@ -36,6 +39,10 @@ use tokio::sync::broadcast;
 pub use blob::{BlobHash, BlobStore};
 pub use error::{Result, StoreError};
 pub use feed::{Change, ChangeFeed};
+pub use queue::{
+    DEFAULT_QUEUE_LIFETIME_SECS, DsnNotify, DsnRet, QueueEntry, QueueId, QueueRecipientStatus,
+    QueuedMessage, QueuedRecipient, RecipientState,
+};
 pub use sqlite::{SqliteStore, WriterStats};
 pub use types::{
     AccountId, Address, AliasSource, DEFAULT_MAILBOXES, Domain, DomainId, FlagOp, Flags, MailboxId,
@@ -348,6 +355,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         force: bool,
     ) -> Result<Vec<Uid>>;
 
+    // ---- outbound queue ----
+
+    /// Queues a message for delivery to other servers durably (blob fsynced, rows
+    /// committed through the group-commit writer) and returns its id.
+    async fn enqueue(&self, message: QueuedMessage) -> Result<QueueId>;
+    /// Every queued message with its recipients, oldest first.
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>>;
+
     // ---- feed and maintenance ----
 
     /// Subscribes to the account's committed changes.
@@ -357,4 +372,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn collect_garbage(&self, min_blob_age: std::time::Duration) -> Result<GarbageReport>;
     /// Message rows whose blob file is missing (must always be empty).
     async fn missing_blobs(&self) -> Result<Vec<BlobHash>>;
+
+    // ---- RFC 7162 resynchronisation (CONDSTORE / QRESYNC) ----
+
+    /// UIDs expunged from the mailbox with a MODSEQ above `modseq`, ascending (QRESYNC
+    /// VANISHED). Empty for a mailbox of another account.
+    async fn expunged_since(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        modseq: ModSeq,
+    ) -> Result<Vec<Uid>>;
+    /// The messages whose MODSEQ is above `modseq` (new or changed), in UID order
+    /// (CHANGEDSINCE without reading the whole mailbox).
+    async fn messages_changed_since(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        modseq: ModSeq,
+    ) -> Result<Vec<MessageMeta>>;
 }

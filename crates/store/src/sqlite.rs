@@ -28,6 +28,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::blob::{BlobHash, BlobStore, WrittenBlob};
 use crate::error::{Result, StoreError};
 use crate::feed::{Change, ChangeFeed};
+use crate::queue::{
+    DsnNotify, DsnRet, QueueEntry, QueueId, QueueRecipientStatus, QueuedMessage, RecipientState,
+};
 use crate::types::*;
 use crate::{
     AccountInfo, AliasInfo, Appended, Copied, DomainInfo, FlagUpdate, GarbageReport, MailboxInfo,
@@ -43,7 +46,10 @@ const MAX_MAILBOX_NAME: usize = 512;
 /// Most mailboxes per account.
 const MAX_MAILBOXES: i64 = 10_000;
 
-const SCHEMA: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const SCHEMA: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_queue.sql"),
+];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
 #[derive(Debug)]
@@ -248,12 +254,18 @@ enum Op {
         name: String,
         subscribed: bool,
     },
+    Enqueue {
+        blob: WrittenBlob,
+        message: QueuedMessage,
+    },
 }
 
 impl Op {
     fn blob_dir(&self) -> Option<&Path> {
         match self {
-            Op::Append { blob, .. } | Op::Deliver { blob, .. } => Some(&blob.dir),
+            Op::Append { blob, .. } | Op::Deliver { blob, .. } | Op::Enqueue { blob, .. } => {
+                Some(&blob.dir)
+            }
             _ => None,
         }
     }
@@ -267,6 +279,7 @@ enum Output {
     Copied(Copied),
     Expunged(Vec<Uid>),
     Mailbox(MailboxId),
+    Queued(QueueId),
     Done,
 }
 
@@ -528,7 +541,48 @@ async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Resu
             events.push((account, Change::MailboxesChanged));
             Ok(Output::Done)
         }
+        Op::Enqueue { blob, message } => enqueue(conn, &blob.hash, &message)
+            .await
+            .map(Output::Queued),
     }
+}
+
+/// Inserts a queued message and its recipients (inside the writer's transaction).
+async fn enqueue(
+    conn: &mut SqliteConnection,
+    hash: &BlobHash,
+    message: &QueuedMessage,
+) -> Result<QueueId> {
+    let now = unix_now();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO queue (blob_hash, size, sender, account_id, dsn_envid, dsn_ret, created_at, next_attempt, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(hash.to_hex())
+    .bind(db_u64(message.bytes.len() as u64)?)
+    .bind(message.sender.as_ref().map(Address::to_string).unwrap_or_default())
+    .bind(message.account.map(|a| a.0))
+    .bind(message.dsn_envid.as_deref())
+    .bind(message.dsn_ret.map(DsnRet::as_str))
+    .bind(now)
+    .bind(now)
+    .bind(message.expires_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    for (position, rcpt) in message.recipients.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO queue_recipients (queue_id, position, address, dsn_orcpt, dsn_notify, next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(db_u64(position as u64)?)
+        .bind(rcpt.address.to_string())
+        .bind(rcpt.orcpt.as_deref())
+        .bind(i64::from(rcpt.notify.0))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(QueueId(id))
 }
 
 /// A mailbox's counters, read inside the writer's transaction.
@@ -1778,6 +1832,79 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn enqueue(&self, message: QueuedMessage) -> Result<QueueId> {
+        message.validate()?;
+        let blob = self.write_blob(message.bytes.clone()).await?;
+        match self.submit(Op::Enqueue { blob, message }).await? {
+            Output::Queued(id) => Ok(id),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, blob_hash, size, sender, account_id, dsn_envid, dsn_ret, created_at, next_attempt, attempts, expires_at, claimed_by, claimed_until \
+             FROM queue ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let hash: String = r.try_get(1)?;
+            let sender: String = r.try_get(3)?;
+            entries.push(QueueEntry {
+                id: QueueId(r.try_get(0)?),
+                blob: BlobHash::from_hex(&hash)
+                    .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hash}")))?,
+                size: int(r.try_get(2)?)?,
+                sender: if sender.is_empty() {
+                    None
+                } else {
+                    Some(Address::parse(&sender)?)
+                },
+                account: r.try_get::<Option<i64>, _>(4)?.map(AccountId),
+                dsn_envid: r.try_get(5)?,
+                dsn_ret: r
+                    .try_get::<Option<String>, _>(6)?
+                    .as_deref()
+                    .and_then(DsnRet::from_stored),
+                created_at: r.try_get(7)?,
+                next_attempt: r.try_get(8)?,
+                attempts: int(r.try_get(9)?)?,
+                expires_at: r.try_get(10)?,
+                claimed_by: r.try_get(11)?,
+                claimed_until: r.try_get(12)?,
+                recipients: Vec::new(),
+            });
+        }
+        let rcpts = sqlx::query(
+            "SELECT queue_id, address, dsn_notify, dsn_orcpt, state, attempts, next_attempt, last_error \
+             FROM queue_recipients ORDER BY queue_id, position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let index: std::collections::HashMap<i64, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.0, i))
+            .collect();
+        for r in &rcpts {
+            let Some(&i) = index.get(&r.try_get::<i64, _>(0)?) else {
+                continue; // queued after the first query
+            };
+            entries[i].recipients.push(QueueRecipientStatus {
+                address: Address::parse(r.try_get(1)?)?,
+                notify: DsnNotify(int(r.try_get(2)?)?),
+                orcpt: r.try_get(3)?,
+                state: RecipientState::from_stored(r.try_get(4)?)?,
+                attempts: int(r.try_get(5)?)?,
+                next_attempt: r.try_get(6)?,
+                last_error: r.try_get(7)?,
+            });
+        }
+        Ok(entries)
+    }
+
     fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Change> {
         self.feed.subscribe(account)
     }
@@ -1790,9 +1917,10 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let referenced: Vec<String> = sqlx::query_scalar("SELECT DISTINCT blob_hash FROM messages")
-            .fetch_all(&mut *tx)
-            .await?;
+        let referenced: Vec<String> =
+            sqlx::query_scalar("SELECT blob_hash FROM messages UNION SELECT blob_hash FROM queue")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         let referenced: HashSet<String> = referenced.into_iter().collect();
         let blobs = self.blobs.clone();
@@ -1823,9 +1951,10 @@ impl Store for SqliteStore {
     }
 
     async fn missing_blobs(&self) -> Result<Vec<BlobHash>> {
-        let hashes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT blob_hash FROM messages")
-            .fetch_all(&self.pool)
-            .await?;
+        let hashes: Vec<String> =
+            sqlx::query_scalar("SELECT blob_hash FROM messages UNION SELECT blob_hash FROM queue")
+                .fetch_all(&self.pool)
+                .await?;
         let mut missing = Vec::new();
         for h in hashes {
             let hash = BlobHash::from_hex(&h)
@@ -1835,6 +1964,55 @@ impl Store for SqliteStore {
             }
         }
         Ok(missing)
+    }
+
+    async fn expunged_since(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        modseq: ModSeq,
+    ) -> Result<Vec<Uid>> {
+        let uids: Vec<i64> = sqlx::query_scalar(
+            "SELECT e.uid FROM expunged e JOIN mailboxes b ON b.id = e.mailbox_id \
+             WHERE e.mailbox_id = ? AND b.account_id = ? AND e.modseq > ? ORDER BY e.uid",
+        )
+        .bind(mailbox.0)
+        .bind(account.0)
+        .bind(db_u64(modseq.0)?)
+        .fetch_all(&self.pool)
+        .await?;
+        uids.into_iter().map(|u| Ok(Uid(int(u)?))).collect()
+    }
+
+    async fn messages_changed_since(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        modseq: ModSeq,
+    ) -> Result<Vec<MessageMeta>> {
+        let rows = sqlx::query(
+            "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
+             FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
+             WHERE mm.mailbox_id = ? AND b.account_id = ? AND mm.modseq > ? ORDER BY mm.uid",
+        )
+        .bind(mailbox.0)
+        .bind(account.0)
+        .bind(db_u64(modseq.0)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MessageMeta {
+                    uid: Uid(int(r.try_get(0)?)?),
+                    message: MessageId(r.try_get(1)?),
+                    size: int(r.try_get(2)?)?,
+                    internal_date: r.try_get(3)?,
+                    tz_offset_minutes: r.try_get(4)?,
+                    flags: Flags::from_stored(r.try_get(5)?, r.try_get::<&str, _>(6)?),
+                    modseq: ModSeq(int(r.try_get(7)?)?),
+                })
+            })
+            .collect()
     }
 }
 

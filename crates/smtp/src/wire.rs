@@ -1,0 +1,404 @@
+//! The SMTP wire: command lines to [`Command`]s, the DATA decoder, EHLO encoding. No I/O and
+//! no store: the session feeds bytes in and writes what comes out.
+//!
+//! Parsing is smtp-proto's (RFC 5321 §4.1 grammar with the ESMTP parameters of RFC 1870,
+//! 6152, 6531, 3461, 3030, 4954); this module adds the checks Tessera makes on top:
+//! line endings (RFC 5321 §2.3.8), the first line being SMTP at all, and the forward-path
+//! forms that are relay tricks (source routes, IP literals, quoted local parts).
+
+use std::borrow::Cow;
+
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
+use smtp_proto::{Error as ProtoError, Request};
+
+use crate::reply::{self, Reply};
+
+/// Longest command line accepted, CRLF included. RFC 5321 §4.5.3.1.4 sets 512 as the floor;
+/// ESMTP parameters (RFC 1869 §4.1.2) and SMTPUTF8 addresses make longer lines legitimate, so
+/// Tessera takes up to 1,000 octets and answers `500 5.5.2` beyond, without buffering the rest
+/// (the connection drops bytes until the next LF).
+pub const MAX_COMMAND_LINE: usize = 1000;
+
+/// A parsed command line.
+pub type Command<'a> = Request<Cow<'a, str>>;
+
+/// Checks RFC 5321 §2.3.8: a command line ends in CRLF and has no other CR or LF. Tessera
+/// refuses bare LF and bare CR everywhere (commands and message data alike), rather than
+/// guessing what the client meant: that is the consistent answer to SMTP smuggling.
+pub fn check_line_ending(line: &[u8]) -> Result<(), Reply> {
+    let Some(body) = line.strip_suffix(b"\r\n") else {
+        return Err(reply::BAD_LINE_ENDING);
+    };
+    if body.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err(reply::BAD_LINE_ENDING);
+    }
+    Ok(())
+}
+
+/// Whether a first line is evidently another protocol (an HTTP request, a proxy's CONNECT):
+/// such a client is answered `500` and disconnected (cross-protocol attacks).
+pub fn is_foreign_protocol(line: &[u8]) -> bool {
+    const VERBS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"PATCH ",
+    ];
+    let upper = line.to_ascii_uppercase();
+    VERBS.iter().any(|v| upper.starts_with(v))
+        || upper.windows(6).any(|w| w == b" HTTP/" || w == b"\tHTTP/")
+        || line.first().is_some_and(|&b| b == 0x16 || b == 0x80) // a TLS ClientHello
+}
+
+/// Parses one command line (CRLF included). Errors are the reply to give.
+pub fn parse_command(line: &[u8]) -> Result<Command<'_>, Reply> {
+    Request::parse(&mut line.iter()).map_err(|e| match e {
+        ProtoError::UnknownCommand => reply::UNKNOWN_COMMAND,
+        ProtoError::InvalidSenderAddress => reply::BAD_SENDER_SYNTAX,
+        ProtoError::InvalidRecipientAddress => reply::BAD_RECIPIENT_SYNTAX,
+        ProtoError::SyntaxError { syntax } => {
+            reply::SYNTAX_ERROR.with_text(format!("Syntax: {syntax}"))
+        }
+        ProtoError::InvalidParameter { param } => {
+            reply::BAD_PARAMETER.with_text(format!("Invalid value for {param}"))
+        }
+        ProtoError::UnsupportedParameter { param } => reply::PARAMETER_NOT_IMPLEMENTED
+            .with_text(format!("Parameter {} not implemented", printable(&param))),
+        _ => reply::SYNTAX_ERROR,
+    })
+}
+
+/// The raw text between `<` and `>` of a MAIL or RCPT line, before smtp-proto normalises it
+/// (it drops source routes and quotes, which is exactly what the relay checks must see).
+pub fn raw_path(line: &[u8]) -> Option<&[u8]> {
+    let start = line.iter().position(|&b| b == b'<')? + 1;
+    let mut in_quote = false;
+    let mut escaped = false;
+    for (i, &b) in line[start..].iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_quote => escaped = true,
+            b'"' => in_quote = !in_quote,
+            b'>' if !in_quote => return Some(&line[start..start + i]),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Forward-path forms refused on every port, each a classic way to make a server relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathTrick {
+    /// RFC 5321 §4.1.1.3 / Appendix C source route `<@a,@b:user@c>`.
+    SourceRoute,
+    /// RFC 5321 §4.1.3 address literal `user@[192.0.2.1]`.
+    IpLiteral,
+    /// A quoted local part (`"a@b"@example.test`): hosted addresses never need one.
+    QuotedLocalPart,
+    /// `%` or `!` routing in the local part (`user%other.org@example.test`, UUCP bang paths).
+    PercentHack,
+}
+
+impl PathTrick {
+    /// Classifies a raw forward-path (see [`raw_path`]).
+    pub fn of(path: &[u8]) -> Option<PathTrick> {
+        let path = path.trim_ascii();
+        if path.first() == Some(&b'@') {
+            return Some(PathTrick::SourceRoute);
+        }
+        if path.contains(&b'"') {
+            return Some(PathTrick::QuotedLocalPart);
+        }
+        let at = path.iter().rposition(|&b| b == b'@');
+        if let Some(at) = at {
+            if path.get(at + 1) == Some(&b'[') {
+                return Some(PathTrick::IpLiteral);
+            }
+            if path[..at]
+                .iter()
+                .any(|&b| b == b'%' || b == b'!' || b == b'@')
+            {
+                return Some(PathTrick::PercentHack);
+            }
+        }
+        None
+    }
+}
+
+/// What the session advertises in its EHLO reply.
+#[derive(Debug, Clone)]
+pub struct Capabilities<'a> {
+    /// Our host name.
+    pub hostname: &'a str,
+    /// RFC 1870 SIZE limit.
+    pub size: usize,
+    /// RFC 3207: offer STARTTLS (plaintext connection on a listener that has TLS).
+    pub starttls: bool,
+    /// RFC 4954: offer AUTH PLAIN LOGIN (submission, TLS up, not yet authenticated).
+    pub auth: bool,
+}
+
+/// Encodes the multi-line EHLO reply (RFC 5321 §4.1.1.1).
+pub fn ehlo_reply(caps: &Capabilities<'_>, client: &str, out: &mut Vec<u8>) {
+    let mut lines: Vec<String> = vec![
+        format!("{} greets {}", caps.hostname, printable(client)),
+        "PIPELINING".into(),
+        format!("SIZE {}", caps.size),
+        "8BITMIME".into(),
+        "SMTPUTF8".into(),
+        "ENHANCEDSTATUSCODES".into(),
+        "CHUNKING".into(),
+        "DSN".into(),
+    ];
+    if caps.starttls {
+        lines.push("STARTTLS".into());
+    }
+    if caps.auth {
+        lines.push("AUTH PLAIN LOGIN".into());
+    }
+    lines.push("HELP".into());
+    let last = lines.len() - 1;
+    for (i, line) in lines.iter().enumerate() {
+        out.extend_from_slice(if i == last { b"250 " } else { b"250-" });
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Text from the client made safe to echo: printable ASCII only, at most 64 characters.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect()
+}
+
+/// RFC 5321 §4.1.1.4 / §4.5.2 DATA decoder over smtp-proto's receiver: removes dot-stuffing,
+/// ends only at `CRLF . CRLF` (never at `LF . LF`, `LF . CRLF` or `CR . CRLF`: SMTP
+/// smuggling), and keeps at most `limit` bytes while still finding the end of an oversized
+/// message.
+pub struct DataDecoder {
+    receiver: DataReceiver,
+    /// Replaces `receiver` once the message is too big: finds the end, keeps nothing.
+    discard: Option<DummyDataReceiver>,
+    body: Vec<u8>,
+    limit: usize,
+}
+
+/// What [`DataDecoder::finish`] returns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// The message, unstuffed, CRLF line endings as received.
+    Message(Vec<u8>),
+    /// It was longer than the limit; its bytes were dropped.
+    TooBig,
+}
+
+impl DataDecoder {
+    /// A decoder keeping at most `limit` message bytes.
+    pub fn new(limit: usize) -> DataDecoder {
+        let mut receiver = DataReceiver::new();
+        // The DATA command's own CRLF precedes the first line: prime the receiver with it so
+        // that a first line of "." ends an empty message and ".." is unstuffed.
+        let mut scratch = Vec::new();
+        receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
+        DataDecoder {
+            receiver,
+            discard: None,
+            body: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Feeds bytes; returns how many were consumed and whether the end was found. Bytes after
+    /// the end are not consumed (they are the next pipelined command).
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        let mut it = input.iter();
+        let done = match &mut self.discard {
+            Some(d) => d.ingest(&mut it),
+            None => self.receiver.ingest(&mut it, &mut self.body),
+        };
+        let used = input.len() - it.as_slice().len();
+        if self.discard.is_none() && self.body.len() > self.limit {
+            self.discard = Some(DummyDataReceiver::new_data(&self.receiver));
+            self.body = Vec::new();
+        }
+        (used, done)
+    }
+
+    /// The decoded message.
+    pub fn finish(self) -> DataOutcome {
+        match self.discard {
+            Some(_) => DataOutcome::TooBig,
+            None => DataOutcome::Message(self.body),
+        }
+    }
+}
+
+/// RFC 5321 §2.3.8: whether `message` has a CR not followed by LF or an LF not preceded by CR.
+pub fn has_bare_line_ending(message: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in message.iter().enumerate() {
+        match b {
+            b'\n' if prev != b'\r' => return true,
+            b'\r' if message.get(i + 1) != Some(&b'\n') => return true,
+            _ => {}
+        }
+        prev = b;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> (Option<DataOutcome>, usize) {
+        let mut d = DataDecoder::new(1 << 20);
+        let (used, done) = d.feed(input);
+        (done.then(|| d.finish()), used)
+    }
+
+    fn decode_split(input: &[u8], at: usize) -> Option<(DataOutcome, usize)> {
+        let mut d = DataDecoder::new(1 << 20);
+        let (a, done) = d.feed(&input[..at]);
+        if done {
+            return Some((d.finish(), a));
+        }
+        let (b, done) = d.feed(&input[at..]);
+        done.then(|| (d.finish(), a + b))
+    }
+
+    #[test]
+    fn data_ends_only_at_crlf_dot_crlf() {
+        let (out, used) = decode_all(b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+        assert_eq!(
+            out,
+            Some(DataOutcome::Message(b"Subject: x\r\n\r\nhi\r\n".to_vec()))
+        );
+        assert_eq!(used, b"Subject: x\r\n\r\nhi\r\n.\r\n".len());
+    }
+
+    #[test]
+    fn smuggling_sequences_do_not_end_data() {
+        for smuggle in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r\n"] {
+            let mut input = b"a".to_vec();
+            input.extend_from_slice(smuggle);
+            input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\n");
+            let (out, used) = decode_all(&input);
+            assert_eq!(out, None, "{smuggle:?} ended DATA");
+            assert_eq!(used, input.len());
+        }
+    }
+
+    #[test]
+    fn dot_stuffing_is_removed_and_empty_message_ends() {
+        assert_eq!(
+            decode_all(b".\r\n").0,
+            Some(DataOutcome::Message(Vec::new()))
+        );
+        assert_eq!(
+            decode_all(b"..a\r\nb\r\n..\r\n.\r\n").0,
+            Some(DataOutcome::Message(b".a\r\nb\r\n.\r\n".to_vec()))
+        );
+    }
+
+    #[test]
+    fn split_at_every_byte_boundary_gives_the_same_result() {
+        let input = b"Subject: s\r\n\r\n..x\r\ny\n.\nz\r\n.\r\nNOOP\r\n";
+        let whole = decode_all(input);
+        for at in 0..=input.len() {
+            let (out, used) = decode_split(input, at).expect("ends");
+            assert_eq!((Some(out), used), whole, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn oversized_message_is_dropped_but_its_end_found() {
+        let mut d = DataDecoder::new(10);
+        let (_, done) = d.feed(b"0123456789abcdef\r\n");
+        assert!(!done);
+        let (used, done) = d.feed(b"more\r\n.\r\nRSET\r\n");
+        assert!(done);
+        assert_eq!(used, b"more\r\n.\r\n".len());
+        assert_eq!(d.finish(), DataOutcome::TooBig);
+    }
+
+    #[test]
+    fn bare_line_endings_are_detected() {
+        assert!(!has_bare_line_ending(b"a\r\nb\r\n"));
+        assert!(has_bare_line_ending(b"a\nb\r\n"));
+        assert!(has_bare_line_ending(b"a\rb\r\n"));
+        assert!(has_bare_line_ending(b"a\r\nb\r"));
+    }
+
+    #[test]
+    fn command_line_endings() {
+        assert!(check_line_ending(b"NOOP\r\n").is_ok());
+        assert!(check_line_ending(b"NOOP\n").is_err());
+        assert!(check_line_ending(b"NO\rOP\r\n").is_err());
+    }
+
+    #[test]
+    fn relay_tricks_are_classified() {
+        let table: &[(&[u8], Option<PathTrick>)] = &[
+            (b"RCPT TO:<user@example.test>\r\n", None),
+            (
+                b"RCPT TO:<@a.test,@b.test:user@c.test>\r\n",
+                Some(PathTrick::SourceRoute),
+            ),
+            (
+                b"RCPT TO:<user@[127.0.0.1]>\r\n",
+                Some(PathTrick::IpLiteral),
+            ),
+            (
+                b"RCPT TO:<\"a@b\"@example.test>\r\n",
+                Some(PathTrick::QuotedLocalPart),
+            ),
+            (
+                b"RCPT TO:<\"a>b\"@example.test>\r\n",
+                Some(PathTrick::QuotedLocalPart),
+            ),
+            (
+                b"RCPT TO:<user%other.org@example.test>\r\n",
+                Some(PathTrick::PercentHack),
+            ),
+            (
+                b"RCPT TO:<other.org!user@example.test>\r\n",
+                Some(PathTrick::PercentHack),
+            ),
+        ];
+        for (line, want) in table {
+            let path = raw_path(line).expect("has a path");
+            assert_eq!(
+                PathTrick::of(path),
+                *want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_protocols_are_recognised() {
+        assert!(is_foreign_protocol(b"GET / HTTP/1.1\r\n"));
+        assert!(is_foreign_protocol(b"post /x HTTP/1.0\r\n"));
+        assert!(!is_foreign_protocol(b"EHLO client.test\r\n"));
+    }
+
+    #[test]
+    fn commands_parse_through_smtp_proto() {
+        assert!(matches!(
+            parse_command(b"MAIL FROM:<a@b.test> SIZE=100 BODY=8BITMIME\r\n"),
+            Ok(Request::Mail { .. })
+        ));
+        assert_eq!(
+            parse_command(b"FOO\r\n").map(|_| ()),
+            Err(reply::UNKNOWN_COMMAND)
+        );
+    }
+}
