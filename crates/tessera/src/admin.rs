@@ -100,6 +100,13 @@ pub enum AliasCommand {
     },
 }
 
+/// `tessera queue ...`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queued outbound messages with each recipient's state.
+    List,
+}
+
 async fn open_store(config_path: &Path) -> Result<Arc<SqliteStore>> {
     let config = Config::load(config_path)?;
     SqliteStore::open(&config.data_dir)
@@ -240,6 +247,52 @@ pub async fn alias(config_path: &Path, cmd: AliasCommand) -> Result<()> {
     Ok(())
 }
 
+/// Runs a `queue` command.
+pub async fn queue(config_path: &Path, cmd: QueueCommand) -> Result<()> {
+    let store = open_store(config_path).await?;
+    match cmd {
+        QueueCommand::List => {
+            let entries = store.list_queue().await?;
+            if entries.is_empty() {
+                println!("the queue is empty");
+            }
+            for e in entries {
+                let sender = e
+                    .sender
+                    .as_ref()
+                    .map_or("<>".to_string(), ToString::to_string);
+                println!(
+                    "{}\tfrom {sender}\t{} bytes\tqueued {}\tattempts {}",
+                    e.id.0,
+                    e.size,
+                    unix_time(e.created_at),
+                    e.attempts
+                );
+                for r in &e.recipients {
+                    let error = r.last_error.as_deref().unwrap_or("");
+                    println!(
+                        "\tto {}\t{}\tnext attempt {}\t{error}",
+                        r.address,
+                        r.state.as_str(),
+                        unix_time(r.next_attempt)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn unix_time(secs: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
 /// Returns the password and whether it was generated (and must be shown once).
 fn read_password(source: &PasswordSource) -> Result<(String, bool)> {
     if source.generate_password {
@@ -266,4 +319,14 @@ fn read_password(source: &PasswordSource) -> Result<(String, bool)> {
         bail!("the two passwords differ");
     }
     Ok((first, false))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_time_formats_utc() {
+        assert_eq!(super::unix_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::unix_time(1_795_916_730), "2026-11-29 01:45:30 UTC");
+    }
 }

@@ -36,9 +36,66 @@ pub struct ConfigFile {
     /// Failed-login throttle.
     #[serde(default)]
     pub auth: AuthFile,
+    /// SMTP.
+    #[serde(default)]
+    pub smtp: SmtpFile,
+    /// Web endpoints.
+    #[serde(default)]
+    pub web: WebFile,
     /// Logging.
     #[serde(default)]
     pub log: LogFile,
+}
+
+/// `[smtp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    /// Largest message accepted, in megabytes (advertised as SIZE). Default 50.
+    pub max_message_size_mb: Option<usize>,
+    /// Most recipients per message. Default 100 (RFC 5321 §4.5.3.1.8's minimum).
+    pub max_recipients: Option<usize>,
+    /// DNS server for SPF, DKIM, DMARC and reverse DNS checks, e.g. `"127.0.0.1:53"`.
+    /// Default: the system's resolver (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Refuse incoming mail that fails DMARC for a domain publishing `p=reject`. Default true.
+    pub dmarc_reject: Option<bool>,
+}
+
+/// `[web]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebFile {
+    /// MTA-STS policy mode served at `mta-sts.<domain>`: `"testing"` (default, until the
+    /// certificates are publicly trusted), `"enforce"` or `"none"`.
+    pub mta_sts_mode: Option<MtaStsModeFile>,
+    /// MTA-STS `max_age` in seconds. Default 604800 (one week).
+    pub mta_sts_max_age: Option<u64>,
+}
+
+/// The MTA-STS modes (RFC 8461 §3.2).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtaStsModeFile {
+    /// Report, deliver anyway.
+    Testing,
+    /// Refuse delivery without valid TLS.
+    Enforce,
+    /// Withdraw a policy.
+    None,
+}
+
+/// Resolved `[smtp]` settings.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Largest message in bytes.
+    pub max_message_size: usize,
+    /// Most recipients.
+    pub max_recipients: usize,
+    /// DNS server for sender checks; `None` = system resolver.
+    pub resolver: Option<SocketAddr>,
+    /// Refuse DMARC `p=reject` failures.
+    pub dmarc_reject: bool,
 }
 
 /// `[listen]`: one address per listener, or `"off"`.
@@ -59,6 +116,10 @@ pub struct ListenFile {
     pub pop3: Option<ListenAddr>,
     /// POP3 with implicit TLS. Default `0.0.0.0:995`.
     pub pop3s: Option<ListenAddr>,
+    /// HTTP: autoconfig, MTA-STS, redirects to HTTPS. Default `0.0.0.0:80`.
+    pub http: Option<ListenAddr>,
+    /// HTTPS: autoconfig, Autodiscover, Apple profiles, setup page. Default `0.0.0.0:443`.
+    pub https: Option<ListenAddr>,
 }
 
 /// A listener address, or `off`.
@@ -154,6 +215,12 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Throttle settings.
     pub throttle: net::ThrottleConfig,
+    /// SMTP settings.
+    pub smtp: SmtpSettings,
+    /// MTA-STS mode.
+    pub mta_sts_mode: MtaStsModeFile,
+    /// MTA-STS max_age.
+    pub mta_sts_max_age: u64,
     /// Log filter.
     pub log_level: String,
 }
@@ -175,11 +242,15 @@ pub enum Service {
     Pop3,
     /// POP3 with implicit TLS, port 995.
     Pop3s,
+    /// HTTP, port 80.
+    Http,
+    /// HTTPS, port 443.
+    Https,
 }
 
 impl Service {
     /// Every service with its config key and standard port.
-    pub const ALL: [(Service, &'static str, u16); 7] = [
+    pub const ALL: [(Service, &'static str, u16); 9] = [
         (Service::Smtp, "smtp", 25),
         (Service::Submission, "submission", 587),
         (Service::Submissions, "submissions", 465),
@@ -187,6 +258,8 @@ impl Service {
         (Service::Imaps, "imaps", 993),
         (Service::Pop3, "pop3", 110),
         (Service::Pop3s, "pop3s", 995),
+        (Service::Http, "http", 80),
+        (Service::Https, "https", 443),
     ];
 
     /// The config key (also the listener's name in logs).
@@ -200,7 +273,10 @@ impl Service {
 
     /// Whether the listener starts TLS right after accept.
     pub fn implicit_tls(self) -> bool {
-        matches!(self, Service::Submissions | Service::Imaps | Service::Pop3s)
+        matches!(
+            self,
+            Service::Submissions | Service::Imaps | Service::Pop3s | Service::Https
+        )
     }
 }
 
@@ -252,6 +328,8 @@ impl Config {
             l.imaps,
             l.pop3,
             l.pop3s,
+            l.http,
+            l.https,
         ];
         let mut listeners = Vec::new();
         for ((service, _, port), addr) in Service::ALL.iter().zip(given) {
@@ -297,8 +375,40 @@ impl Config {
             throttle.max_delay = Duration::from_secs(s);
         }
 
+        let max_mb = file.smtp.max_message_size_mb.unwrap_or(50);
+        if max_mb == 0 || max_mb > 2048 {
+            bail!(
+                "{}: key `smtp.max_message_size_mb` must be between 1 and 2048",
+                path.display()
+            );
+        }
+        let max_recipients = file.smtp.max_recipients.unwrap_or(100);
+        if !(1..=10_000).contains(&max_recipients) {
+            bail!(
+                "{}: key `smtp.max_recipients` must be between 1 and 10000",
+                path.display()
+            );
+        }
+        let smtp = SmtpSettings {
+            max_message_size: max_mb * 1024 * 1024,
+            max_recipients,
+            resolver: file.smtp.resolver,
+            dmarc_reject: file.smtp.dmarc_reject.unwrap_or(true),
+        };
+
+        let mta_sts_max_age = file.web.mta_sts_max_age.unwrap_or(604_800);
+        if !(86_400..=31_557_600).contains(&mta_sts_max_age) {
+            bail!(
+                "{}: key `web.mta_sts_max_age` must be between 86400 and 31557600 seconds (RFC 8461)",
+                path.display()
+            );
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
+            smtp,
+            mta_sts_mode: file.web.mta_sts_mode.unwrap_or(MtaStsModeFile::Testing),
+            mta_sts_max_age,
             hostname,
             data_dir,
             listeners,
@@ -336,7 +446,7 @@ mod tests {
         let c = parse("hostname = \"Mail.Example.org\"\n").expect("valid");
         assert_eq!(c.hostname, "mail.example.org");
         assert_eq!(c.data_dir, PathBuf::from("/etc/tessera/data"));
-        assert_eq!(c.listeners.len(), 7);
+        assert_eq!(c.listeners.len(), 9);
         assert_eq!(c.listeners[0].addr, "0.0.0.0:25".parse().expect("addr"));
         assert!(c.certificates.is_empty());
     }
@@ -348,13 +458,24 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.data_dir, PathBuf::from("/srv/mail"));
-        assert_eq!(c.listeners.len(), 5);
+        assert_eq!(c.listeners.len(), 7);
         let imap = c
             .listeners
             .iter()
             .find(|l| l.service == Service::Imap)
             .expect("imap");
         assert_eq!(imap.addr, "127.0.0.1:1143".parse().expect("addr"));
+    }
+
+    #[test]
+    fn web_settings() {
+        let c = parse("hostname = \"mail.example.org\"\n[web]\nmta_sts_mode = \"enforce\"\n")
+            .expect("valid");
+        assert_eq!(c.mta_sts_mode, MtaStsModeFile::Enforce);
+        assert_eq!(c.mta_sts_max_age, 604_800);
+        let e = parse("hostname = \"mail.example.org\"\n[web]\nmta_sts_mode = \"strict\"\n")
+            .expect_err("bad mode");
+        assert!(format!("{e:#}").contains("mta_sts_mode"), "{e:#}");
     }
 
     #[test]

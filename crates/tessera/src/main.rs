@@ -39,6 +39,9 @@ enum Command {
     /// Manage aliases (an address or a catch-all `@domain` delivering to accounts).
     #[command(subcommand)]
     Alias(admin::AliasCommand),
+    /// Inspect the outbound queue.
+    #[command(subcommand)]
+    Queue(admin::QueueCommand),
     /// Check the configuration file and print the resolved settings.
     CheckConfig,
 }
@@ -95,5 +98,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
         Command::User(cmd) => admin::user(&config_path, cmd).await,
         Command::Alias(cmd) => admin::alias(&config_path, cmd).await,
+        Command::Queue(cmd) => admin::queue(&config_path, cmd).await,
     }
 }

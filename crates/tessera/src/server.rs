@@ -11,7 +11,7 @@ use net::{ListenerSpec, LoginThrottle, Shutdown, TlsMode};
 use store::{Address, Domain, NewAccount, SqliteStore, Store, password};
 use tls::{CertSource, CertStore, PemPair};
 
-use crate::config::{Config, Listener, Service};
+use crate::config::{Config, Listener, MtaStsModeFile, Service};
 
 /// How long sessions get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -53,6 +53,8 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
     shutdown.install_signal_handlers();
     let throttle = Arc::new(LoginThrottle::new(config.throttle.clone()));
     let tls_config = certs.server_config(Vec::new());
+    let https_config = certs.server_config(vec![b"http/1.1".to_vec()]);
+    let handlers = Handlers::new(&config, store.clone(), throttle.clone(), certs.clone())?;
 
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -60,14 +62,12 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         let socket = net::bind(&spec).await?;
         let addr = socket.local_addr().unwrap_or(listener.addr);
         bound.push((listener.service, addr));
-        start_service(
+        handlers.start(
             listener.service,
             socket,
             spec,
             tls_config.clone(),
-            store.clone(),
-            throttle.clone(),
-            &config,
+            https_config.clone(),
             shutdown.clone(),
         );
     }
@@ -121,6 +121,8 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
 fn spec_for(config: &Config, listener: &Listener) -> ListenerSpec {
     let mode = if listener.service.implicit_tls() {
         TlsMode::Implicit
+    } else if listener.service == Service::Http {
+        TlsMode::None
     } else {
         TlsMode::StartTls
     };
@@ -130,23 +132,140 @@ fn spec_for(config: &Config, listener: &Listener) -> ListenerSpec {
     spec
 }
 
-/// Spawns the session loop for one listener.
-#[allow(clippy::too_many_arguments)]
-fn start_service(
-    service: Service,
-    socket: tokio::net::TcpListener,
-    spec: ListenerSpec,
-    tls_config: Arc<tls::rustls::ServerConfig>,
-    store: Arc<SqliteStore>,
-    throttle: Arc<LoginThrottle>,
-    config: &Config,
-    shutdown: Shutdown,
-) {
-    let _ = (socket, spec, tls_config, store, throttle, config, shutdown);
-    tracing::warn!(
-        listener = service.key(),
-        "this protocol is not implemented yet; not serving it"
-    );
+/// The protocol handlers, one per protocol and shared by its listeners (POP3's maildrop
+/// locks and IMAP's \\Recent bookkeeping must be process-wide).
+struct Handlers {
+    mx: Arc<smtp::SmtpServer>,
+    submission: Arc<smtp::SmtpServer>,
+    imap: Arc<imap::ImapServer>,
+    pop3: Arc<pop3::Pop3Server>,
+    web: Arc<web::WebServer>,
+}
+
+impl Handlers {
+    fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        throttle: Arc<LoginThrottle>,
+        certs: Arc<CertStore>,
+    ) -> Result<Handlers> {
+        let smtp_config = smtp::SmtpConfig {
+            hostname: config.hostname.clone(),
+            max_message_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            resolver: config.smtp.resolver,
+            dmarc_reject: config.smtp.dmarc_reject,
+            ..smtp::SmtpConfig::default()
+        };
+        let mx = smtp::SmtpServer::new(
+            smtp::SmtpMode::Mx,
+            store.clone(),
+            throttle.clone(),
+            smtp_config.clone(),
+        )
+        .context("cannot set up SMTP")?;
+        let submission = smtp::SmtpServer::new(
+            smtp::SmtpMode::Submission,
+            store.clone(),
+            throttle.clone(),
+            smtp_config,
+        )
+        .context("cannot set up submission")?;
+        let imap = imap::ImapServer::new(
+            store.clone(),
+            throttle.clone(),
+            imap::ImapConfig {
+                hostname: config.hostname.clone(),
+                ..imap::ImapConfig::default()
+            },
+        );
+        let web = web::WebServer::new(store.clone(), certs, web_config(config));
+        let pop3 = pop3::Pop3Server::new(
+            store,
+            throttle,
+            pop3::Pop3Config {
+                hostname: config.hostname.clone(),
+                ..pop3::Pop3Config::default()
+            },
+        );
+        Ok(Handlers {
+            mx: Arc::new(mx),
+            submission: Arc::new(submission),
+            imap: Arc::new(imap),
+            pop3: Arc::new(pop3),
+            web: Arc::new(web),
+        })
+    }
+
+    /// Spawns the accept loop of one listener.
+    fn start(
+        &self,
+        service: Service,
+        socket: tokio::net::TcpListener,
+        spec: ListenerSpec,
+        tls_config: Arc<tls::rustls::ServerConfig>,
+        https_config: Arc<tls::rustls::ServerConfig>,
+        shutdown: Shutdown,
+    ) {
+        let tls = Some(tls_config);
+        match service {
+            Service::Smtp => {
+                tokio::spawn(net::serve(socket, spec, tls, self.mx.clone(), shutdown));
+            }
+            Service::Submission | Service::Submissions => {
+                tokio::spawn(net::serve(
+                    socket,
+                    spec,
+                    tls,
+                    self.submission.clone(),
+                    shutdown,
+                ));
+            }
+            Service::Imap | Service::Imaps => {
+                tokio::spawn(net::serve(socket, spec, tls, self.imap.clone(), shutdown));
+            }
+            Service::Pop3 | Service::Pop3s => {
+                tokio::spawn(net::serve(socket, spec, tls, self.pop3.clone(), shutdown));
+            }
+            Service::Http => {
+                tokio::spawn(net::serve(socket, spec, None, self.web.clone(), shutdown));
+            }
+            Service::Https => {
+                let tls = Some(https_config);
+                tokio::spawn(net::serve(socket, spec, tls, self.web.clone(), shutdown));
+            }
+        }
+    }
+}
+
+/// The web endpoints advertise the ports clients reach: those of the configured listeners.
+fn web_config(config: &Config) -> web::WebConfig {
+    let port = |service: Service| {
+        config
+            .listeners
+            .iter()
+            .find(|l| l.service == service)
+            .map_or(0, |l| l.addr.port())
+    };
+    web::WebConfig {
+        hostname: config.hostname.clone(),
+        ports: web::ClientPorts {
+            imaps: port(Service::Imaps),
+            imap: port(Service::Imap),
+            pop3s: port(Service::Pop3s),
+            pop3: port(Service::Pop3),
+            submissions: port(Service::Submissions),
+            submission: port(Service::Submission),
+        },
+        https_port: port(Service::Https),
+        mta_sts_mode: match config.mta_sts_mode {
+            MtaStsModeFile::Testing => web::MtaStsMode::Testing,
+            MtaStsModeFile::Enforce => web::MtaStsMode::Enforce,
+            MtaStsModeFile::None => web::MtaStsMode::None,
+        },
+        mta_sts_max_age: config.mta_sts_max_age,
+        ..web::WebConfig::default()
+    }
 }
 
 fn open_certificates(config: &Config) -> Result<Arc<CertStore>> {
@@ -181,7 +300,11 @@ async fn refresh_local_certificates(
         .into_iter()
         .map(|d| d.name.to_string())
         .collect();
-    let groups = CertStore::name_groups(hostname, &domains);
+    let mut groups = CertStore::name_groups(hostname, &domains);
+    // Thunderbird's MX-based look-up asks autoconfig.<base domain of the mail host>.
+    if let Some(host_group) = groups.first_mut() {
+        host_group.extend(web::extra_certificate_names(hostname));
+    }
     let certs = certs.clone();
     tokio::task::spawn_blocking(move || certs.ensure_local_names(&groups))
         .await
@@ -282,6 +405,8 @@ fn describe(service: Service) -> (&'static str, &'static str) {
         Service::Imaps => ("IMAP", "TLS"),
         Service::Pop3 => ("POP3", "STLS"),
         Service::Pop3s => ("POP3", "TLS"),
+        Service::Http => ("HTTP", "autoconfig, MTA-STS"),
+        Service::Https => ("HTTPS", "setup page, autoconfig"),
     }
 }
 
@@ -293,12 +418,7 @@ fn print_banner(b: &DemoBanner, bound: &[(Service, SocketAddr)], certs: &CertSto
     println!();
     for (service, addr) in bound {
         let (what, security) = describe(*service);
-        let live = if implemented(*service) {
-            ""
-        } else {
-            "  (not implemented yet)"
-        };
-        println!("  {what:<22} {addr:<18} {security}{live}");
+        println!("  {what:<22} {addr:<18} {security}");
     }
     println!();
     println!("  mail host  {DEMO_HOST} (certificates are issued for it and for {DEMO_DOMAIN})");
@@ -313,10 +433,4 @@ fn print_banner(b: &DemoBanner, bound: &[(Service, SocketAddr)], certs: &CertSto
         b.dir.join("tessera.toml").display()
     );
     println!("Stop it with Ctrl-C.");
-}
-
-/// Whether this build serves the protocol (the demo says so honestly).
-fn implemented(service: Service) -> bool {
-    let _ = service;
-    false
 }

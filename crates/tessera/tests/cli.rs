@@ -20,6 +20,8 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
         "imaps",
         "pop3",
         "pop3s",
+        "http",
+        "https",
     ]
     .iter()
     .map(|k| format!("{k} = \"off\"\n"))
@@ -345,7 +347,7 @@ fn demo_runs_prints_endpoints_and_is_managed_while_running() {
     let (child, banner) = start_demo(&dir);
     assert!(banner.contains("demo@example.test"), "{banner}");
     for port in [
-        "10025", "10587", "10465", "10143", "10993", "10110", "10995",
+        "10025", "10587", "10465", "10143", "10993", "10110", "10995", "10080", "10443",
     ] {
         assert!(
             banner.contains(&format!("127.0.0.1:{port}")),
