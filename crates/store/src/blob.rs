@@ -1,14 +1,14 @@
 //! Content-addressed message bodies on disk: `blobs/ab/cdef…` named by SHA-256.
 //!
 //! Invariant: a blob is complete and durable before any index row refers to it.
-//! [`BlobStore::write`] writes to a temporary file, fsyncs it and renames it into place;
-//! the directory entries are made durable by [`BlobStore::sync_dirs`], which the
-//! group-commit writer calls once per batch, before the batch's transaction commits.
+//! The group-commit writer hands each batch's bodies to [`BlobStore::write_batch`], which
+//! writes them (temporary file, rename into place) and makes them durable with one
+//! filesystem sync, before the batch's transaction commits.
 
-use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -37,37 +37,38 @@ impl BlobHash {
     }
 }
 
-/// A blob written by [`BlobStore::write`] whose directory entry may still need a sync.
+/// A body waiting to be stored: its content and content address.
 #[derive(Debug, Clone)]
-pub struct WrittenBlob {
+pub struct PendingBlob {
     /// The blob's hash.
     pub hash: BlobHash,
-    /// The directory holding it (to fsync before committing index rows).
-    pub dir: PathBuf,
+    /// The bytes.
+    pub bytes: Arc<Vec<u8>>,
+}
+
+impl PendingBlob {
+    /// Hashes `bytes` (CPU work proportional to the size).
+    pub fn new(bytes: Arc<Vec<u8>>) -> PendingBlob {
+        PendingBlob {
+            hash: BlobHash::of(&bytes),
+            bytes,
+        }
+    }
 }
 
 /// The blob directory of a data directory.
 #[derive(Debug)]
 pub struct BlobStore {
     root: PathBuf,
-    tmp: PathBuf,
     counter: AtomicU64,
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) `root` with its `tmp/` directory; stale temporary
-    /// files from a crash are removed.
+    /// Opens (creating if needed) `root`.
     pub fn open(root: &Path) -> Result<BlobStore, StoreError> {
-        let tmp = root.join("tmp");
-        fs::create_dir_all(&tmp).map_err(|e| blob_err(&tmp, e))?;
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        fs::create_dir_all(root).map_err(|e| blob_err(root, e))?;
         Ok(BlobStore {
             root: root.to_path_buf(),
-            tmp,
             counter: AtomicU64::new(0),
         })
     }
@@ -78,54 +79,84 @@ impl BlobStore {
         self.root.join(&hex[..2]).join(&hex[2..])
     }
 
-    /// Writes `bytes` durably (file content fsynced, then renamed into place) unless a
-    /// blob with the same content exists. Blocking: call from a blocking thread.
-    pub fn write(&self, bytes: &[u8]) -> Result<WrittenBlob, StoreError> {
-        let hash = BlobHash::of(bytes);
-        let path = self.path(&hash);
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        if path.exists() {
-            // Renamed into place only after its content was fsynced: complete. Its mtime
-            // is refreshed so garbage collection sees it as young while rows are added.
-            let _ = File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-            return Ok(WrittenBlob { hash, dir });
+    /// Writes a batch of blobs and makes them durable with one filesystem sync: this is
+    /// the file half of group commit. Blocking: call from a blocking thread.
+    ///
+    /// Each body goes to a temporary file in its final directory and is renamed into place,
+    /// so a name always holds complete content while the system runs. After a power loss a
+    /// file renamed before the sync may be empty or short; it has no row (rows commit only
+    /// after this returns), and [`BlobStore::exists_intact`] refuses to reuse it, so the next
+    /// identical body overwrites it.
+    pub fn write_batch(&self, blobs: &[PendingBlob]) -> Result<(), StoreError> {
+        let mut written = Vec::new();
+        for blob in blobs {
+            let path = self.path(&blob.hash);
+            if self.exists_intact(blob, &path) {
+                // Refresh the mtime so garbage collection sees it as young while rows are added.
+                let _ = File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                continue;
+            }
+            let dir = path.parent().unwrap_or(&self.root);
+            fs::create_dir_all(dir).map_err(|e| blob_err(dir, e))?;
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+            let result = (|| {
+                let mut file = File::create(&tmp)?;
+                file.write_all(&blob.bytes)?;
+                fs::rename(&tmp, &path)
+            })();
+            if let Err(e) = result {
+                let _ = fs::remove_file(&tmp);
+                return Err(blob_err(&path, e));
+            }
+            written.push(path);
         }
-        fs::create_dir_all(&dir).map_err(|e| blob_err(&dir, e))?;
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!(
-            "{}-{}-{n}",
-            std::process::id(),
-            &hash.to_hex()[..16]
-        ));
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(blob_err(&path, e));
+        if written.is_empty() {
+            return Ok(());
         }
-        Ok(WrittenBlob { hash, dir })
+        self.sync(&written)
     }
 
-    /// Fsyncs each directory once, making the renames of a batch durable. Blocking.
-    pub fn sync_dirs<'a>(
-        &self,
-        dirs: impl IntoIterator<Item = &'a Path>,
-    ) -> Result<(), StoreError> {
-        let unique: BTreeSet<&Path> = dirs.into_iter().collect();
-        for dir in unique {
-            File::open(dir)
+    /// Whether the file at `path` holds exactly `blob` (a dedup hit must never trust a file
+    /// that a power loss cut short).
+    fn exists_intact(&self, blob: &PendingBlob, path: &Path) -> bool {
+        match fs::metadata(path) {
+            Ok(m) if m.len() == blob.bytes.len() as u64 => {
+                fs::read(path).is_ok_and(|content| BlobHash::of(&content) == blob.hash)
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes the files just written (content and directory entries) durable.
+    #[cfg(target_os = "linux")]
+    fn sync(&self, _written: &[PathBuf]) -> Result<(), StoreError> {
+        // syncfs(2): one flush and one journal commit for the whole batch, where an fsync
+        // per file and per directory would cost one journal commit each.
+        File::open(&self.root)
+            .and_then(|root| rustix::fs::syncfs(&root).map_err(std::io::Error::from))
+            .map_err(|e| blob_err(&self.root, e))
+    }
+
+    /// Makes the files just written (content and directory entries) durable.
+    #[cfg(not(target_os = "linux"))]
+    fn sync(&self, written: &[PathBuf]) -> Result<(), StoreError> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for path in written {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| blob_err(path, e))?;
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            File::open(&dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| blob_err(dir, e))?;
+                .map_err(|e| blob_err(&dir, e))?;
         }
         Ok(())
     }
@@ -185,20 +216,37 @@ mod tests {
     fn write_is_content_addressed_and_idempotent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blobs = BlobStore::open(&dir.path().join("blobs")).expect("open");
-        let a = blobs.write(b"hello").expect("write");
-        let b = blobs.write(b"hello").expect("write again");
-        assert_eq!(a.hash, b.hash);
+        let a = PendingBlob::new(Arc::new(b"hello".to_vec()));
+        blobs
+            .write_batch(&[a.clone(), a.clone()])
+            .expect("write twice in one batch");
+        blobs
+            .write_batch(std::slice::from_ref(&a))
+            .expect("write again");
         assert_eq!(
             a.hash.to_hex(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        blobs
-            .sync_dirs([a.dir.as_path(), b.dir.as_path()])
-            .expect("sync");
         assert_eq!(blobs.read(&a.hash).expect("read"), b"hello");
         assert_eq!(blobs.list().expect("list"), vec![a.hash]);
         blobs.remove(&a.hash).expect("remove");
         assert!(blobs.read(&a.hash).is_err());
         assert!(blobs.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_short_file_left_by_a_power_loss_is_rewritten_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = BlobStore::open(&dir.path().join("blobs")).expect("open");
+        let a = PendingBlob::new(Arc::new(b"complete message body".to_vec()));
+        let path = blobs.path(&a.hash);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, b"").expect("empty file as after a crash");
+        blobs.write_batch(std::slice::from_ref(&a)).expect("write");
+        assert_eq!(blobs.read(&a.hash).expect("read"), b"complete message body");
+        // Same length, wrong content: also rewritten.
+        fs::write(&path, b"XXXXXXXXXXXXXXXXXXXXX").expect("garbage");
+        blobs.write_batch(std::slice::from_ref(&a)).expect("write");
+        assert_eq!(blobs.read(&a.hash).expect("read"), b"complete message body");
     }
 }

@@ -12,7 +12,7 @@
 //! with the writer and with other processes (the CLI while the server runs).
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::blob::{BlobHash, BlobStore, WrittenBlob};
+use crate::blob::{BlobHash, BlobStore, PendingBlob};
 use crate::error::{Result, StoreError};
 use crate::feed::{Change, ChangeFeed};
 use crate::queue::{
@@ -130,12 +130,14 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Writes a message body as a blob on a blocking thread.
-    async fn write_blob(&self, bytes: Arc<Vec<u8>>) -> Result<WrittenBlob> {
-        let blobs = self.blobs.clone();
-        tokio::task::spawn_blocking(move || blobs.write(&bytes))
+    /// Hashes a body for the writer; large bodies are hashed on a blocking thread.
+    async fn pending_blob(&self, bytes: Arc<Vec<u8>>) -> Result<PendingBlob> {
+        if bytes.len() < 256 * 1024 {
+            return Ok(PendingBlob::new(bytes));
+        }
+        tokio::task::spawn_blocking(move || PendingBlob::new(bytes))
             .await
-            .map_err(|e| StoreError::Database(format!("blob writer task: {e}")))?
+            .map_err(|e| StoreError::Database(format!("hashing task: {e}")))
     }
 
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -207,12 +209,12 @@ enum Op {
     Append {
         account: AccountId,
         mailbox: MailboxId,
-        blob: WrittenBlob,
+        blob: PendingBlob,
         message: NewMessage,
     },
     Deliver {
         accounts: Vec<AccountId>,
-        blob: WrittenBlob,
+        blob: PendingBlob,
         message: NewMessage,
     },
     StoreFlags {
@@ -255,16 +257,16 @@ enum Op {
         subscribed: bool,
     },
     Enqueue {
-        blob: WrittenBlob,
+        blob: PendingBlob,
         message: QueuedMessage,
     },
 }
 
 impl Op {
-    fn blob_dir(&self) -> Option<&Path> {
+    fn blob(&self) -> Option<&PendingBlob> {
         match self {
             Op::Append { blob, .. } | Op::Deliver { blob, .. } | Op::Enqueue { blob, .. } => {
-                Some(&blob.dir)
+                Some(blob)
             }
             _ => None,
         }
@@ -317,19 +319,16 @@ async fn run_batch(
     blobs: &Arc<BlobStore>,
     feed: &ChangeFeed,
 ) -> bool {
-    // 1. The blobs' directory entries become durable before any row refers to them.
-    let dirs: Vec<PathBuf> = batch
-        .iter()
-        .filter_map(|j| j.op.blob_dir().map(Path::to_path_buf))
-        .collect();
-    if !dirs.is_empty() {
+    // 1. The batch's bodies are written and made durable (one filesystem sync) before any
+    //    row refers to them.
+    let pending: Vec<PendingBlob> = batch.iter().filter_map(|j| j.op.blob().cloned()).collect();
+    if !pending.is_empty() {
         let blobs = blobs.clone();
-        let synced =
-            tokio::task::spawn_blocking(move || blobs.sync_dirs(dirs.iter().map(PathBuf::as_path)))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Database(format!("sync task: {e}"))));
+        let synced = tokio::task::spawn_blocking(move || blobs.write_batch(&pending))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(format!("blob task: {e}"))));
         if let Err(e) = synced {
-            tracing::error!(error = %e, "cannot sync blob directories; failing batch");
+            tracing::error!(error = %e, "cannot write message bodies; failing batch");
             fail_all(batch, e);
             return false;
         }
@@ -448,7 +447,15 @@ async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Resu
             blob,
             message,
         } => {
-            let appended = append_one(conn, account, mailbox, &blob.hash, &message, events).await?;
+            let appended = append_one(
+                conn,
+                account,
+                Target::Mailbox(mailbox),
+                &blob.hash,
+                &message,
+                events,
+            )
+            .await?;
             Ok(Output::Appended(appended))
         }
         Op::Deliver {
@@ -457,21 +464,34 @@ async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Resu
             message,
         } => {
             let mut results = Vec::with_capacity(accounts.len());
-            for account in accounts {
-                savepoint(conn, "inner").await?;
-                let mut mine = Events::new();
-                let r = async {
-                    let inbox = inbox_id(conn, account).await?;
-                    append_one(conn, account, inbox, &blob.hash, &message, &mut mine).await
+            if let [account] = accounts[..] {
+                // One recipient: the job's own savepoint undoes a failure.
+                let appended =
+                    append_one(conn, account, Target::Inbox, &blob.hash, &message, events).await?;
+                results.push(Ok(appended));
+            } else {
+                // Several: each account in its own savepoint, so one full mailbox does not
+                // keep the message from the others.
+                for account in accounts {
+                    savepoint(conn, "inner").await?;
+                    let mut mine = Events::new();
+                    let r = append_one(
+                        conn,
+                        account,
+                        Target::Inbox,
+                        &blob.hash,
+                        &message,
+                        &mut mine,
+                    )
+                    .await;
+                    if r.is_ok() {
+                        release(conn, "inner").await?;
+                        events.append(&mut mine);
+                    } else {
+                        rollback_to(conn, "inner").await?;
+                    }
+                    results.push(r);
                 }
-                .await;
-                if r.is_ok() {
-                    release(conn, "inner").await?;
-                    events.append(&mut mine);
-                } else {
-                    rollback_to(conn, "inner").await?;
-                }
-                results.push(r);
             }
             Ok(Output::Delivered(results))
         }
@@ -627,16 +647,6 @@ async fn set_counters(
     Ok(())
 }
 
-async fn inbox_id(conn: &mut SqliteConnection, account: AccountId) -> Result<MailboxId> {
-    let id: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = 'INBOX'")
-            .bind(account.0)
-            .fetch_optional(&mut *conn)
-            .await?;
-    id.map(MailboxId)
-        .ok_or_else(|| StoreError::NotFound(format!("account {account} has no INBOX")))
-}
-
 /// Adds `size` bytes to the account's usage, refusing when over quota.
 async fn charge(conn: &mut SqliteConnection, account: AccountId, size: u64) -> Result<()> {
     let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")
@@ -666,33 +676,70 @@ async fn refund(conn: &mut SqliteConnection, account: AccountId, size: u64) -> R
     Ok(())
 }
 
+/// Where [`append_one`] puts a message.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A mailbox of the account.
+    Mailbox(MailboxId),
+    /// The account's INBOX (delivery).
+    Inbox,
+}
+
+/// Appends one message in four statements (the hot path of delivery): charge the quota,
+/// take a UID and MODSEQ, insert the message row and its mailbox row. The caller's
+/// savepoint undoes the earlier statements when a later one fails.
 async fn append_one(
     conn: &mut SqliteConnection,
     account: AccountId,
-    mailbox: MailboxId,
+    target: Target,
     hash: &BlobHash,
     message: &NewMessage,
     events: &mut Events,
 ) -> Result<Appended> {
-    let c = counters(conn, account, mailbox).await?;
-    let size = message.bytes.len() as u64;
-    charge(conn, account, size).await?;
+    let size = db_u64(message.bytes.len() as u64)?;
+    let charged: Option<i64> = sqlx::query_scalar(
+        "UPDATE accounts SET used_bytes = used_bytes + ?1 WHERE id = ?2 AND (quota_bytes = 0 OR used_bytes + ?1 <= quota_bytes) RETURNING used_bytes",
+    )
+    .bind(size)
+    .bind(account.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if charged.is_none() {
+        return Err(quota_refusal(conn, account, size).await);
+    }
+    // RFC 3501 §2.3.1.1: UIDs ascend and are never reused; 2^32-1 is the last one.
+    let row = match target {
+        Target::Mailbox(id) => sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE id = ? AND account_id = ? AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
+        )
+        .bind(id.0)
+        .bind(account.0)
+        .fetch_optional(&mut *conn)
+        .await?,
+        Target::Inbox => sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE account_id = ? AND name = 'INBOX' AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
+        )
+        .bind(account.0)
+        .fetch_optional(&mut *conn)
+        .await?,
+    };
+    let row = row.ok_or_else(|| {
+        StoreError::NotFound("no such mailbox (or its UIDs are exhausted)".into())
+    })?;
+    let mailbox = MailboxId(row.try_get(0)?);
+    let uid_validity = UidValidity(int(row.try_get(1)?)?);
+    let uid = Uid(int(row.try_get(2)?)?);
+    let modseq: i64 = row.try_get(3)?;
     let message_id: i64 = sqlx::query_scalar(
         "INSERT INTO messages (account_id, blob_hash, size, internal_date, tz_offset) VALUES (?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(account.0)
     .bind(hash.to_hex())
-    .bind(db_u64(size)?)
+    .bind(size)
     .bind(message.internal_date)
     .bind(message.tz_offset_minutes)
     .fetch_one(&mut *conn)
     .await?;
-    let uid = Uid(c.uid_next);
-    let next = c
-        .uid_next
-        .checked_add(1)
-        .ok_or_else(|| StoreError::Conflict("mailbox UIDs exhausted".into()))?;
-    let modseq = c.modseq + 1;
     sqlx::query(
         "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
     )
@@ -701,25 +748,48 @@ async fn append_one(
     .bind(message_id)
     .bind(i64::from(message.flags.system.0))
     .bind(message.flags.keywords_text())
-    .bind(db_u64(modseq)?)
+    .bind(modseq)
     .execute(&mut *conn)
     .await?;
-    set_counters(conn, mailbox, next, modseq).await?;
     events.push((
         account,
         Change::Appended {
             mailbox,
             uid,
-            modseq: ModSeq(modseq),
+            modseq: ModSeq(int(modseq)?),
         },
     ));
     Ok(Appended {
         account,
         mailbox,
-        uid_validity: c.uid_validity,
+        uid_validity,
         uid,
         message: MessageId(message_id),
     })
+}
+
+/// Why charging `size` bytes failed: no such account, or over quota.
+async fn quota_refusal(conn: &mut SqliteConnection, account: AccountId, size: i64) -> StoreError {
+    let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")
+        .bind(account.0)
+        .fetch_optional(&mut *conn)
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let get = |i: usize| {
+                row.try_get::<i64, _>(i)
+                    .ok()
+                    .and_then(|v| u64::try_from(v).ok())
+            };
+            StoreError::QuotaExceeded {
+                used: get(1).unwrap_or(0),
+                quota: get(0).unwrap_or(0),
+                size: u64::try_from(size).unwrap_or(0),
+            }
+        }
+        Ok(None) => StoreError::NotFound(format!("no account {account}")),
+        Err(e) => e.into(),
+    }
 }
 
 fn sorted_unique(uids: &[Uid]) -> Vec<Uid> {
@@ -1666,7 +1736,7 @@ impl Store for SqliteStore {
         mailbox: MailboxId,
         message: NewMessage,
     ) -> Result<Appended> {
-        let blob = self.write_blob(message.bytes.clone()).await?;
+        let blob = self.pending_blob(message.bytes.clone()).await?;
         match self
             .submit(Op::Append {
                 account,
@@ -1689,17 +1759,24 @@ impl Store for SqliteStore {
         if accounts.is_empty() {
             return Ok(Vec::new());
         }
-        let blob = self.write_blob(message.bytes.clone()).await?;
-        match self
+        let blob = self.pending_blob(message.bytes.clone()).await?;
+        let result = self
             .submit(Op::Deliver {
                 accounts: accounts.to_vec(),
                 blob,
                 message,
             })
-            .await?
-        {
-            Output::Delivered(r) => Ok(r),
-            _ => Err(unexpected()),
+            .await;
+        match result {
+            Ok(Output::Delivered(r)) => Ok(r),
+            Ok(_) => Err(unexpected()),
+            // A single recipient's refusal is its per-account result, as with several.
+            Err(e @ (StoreError::QuotaExceeded { .. } | StoreError::NotFound(_)))
+                if accounts.len() == 1 =>
+            {
+                Ok(vec![Err(e)])
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -1834,7 +1911,7 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, message: QueuedMessage) -> Result<QueueId> {
         message.validate()?;
-        let blob = self.write_blob(message.bytes.clone()).await?;
+        let blob = self.pending_blob(message.bytes.clone()).await?;
         match self.submit(Op::Enqueue { blob, message }).await? {
             Output::Queued(id) => Ok(id),
             _ => Err(unexpected()),
