@@ -8,13 +8,14 @@
 //! mailboxes), RFC 7162 (MODSEQ; the expunge log is kept for QRESYNC), RFC 9106 (Argon2id).
 //!
 //! Invariants:
-//! - A message body is written as a content-addressed blob and fsynced (file, then its
-//!   directory) before the index row that refers to it commits. After a crash there may
-//!   be a blob without a row (collected by [`Store::collect_garbage`]), never a row
-//!   without its blob.
+//! - Message bodies are content-addressed (SHA-256). Bodies up to [`INLINE_BODY_MAX`]
+//!   are stored in the database in the same transaction as the rows that refer to them;
+//!   larger ones are files, written and made durable before those rows commit. After a
+//!   crash there may be a body without a row (collected by [`Store::collect_garbage`]),
+//!   never a row without its body.
 //! - A write is acknowledged only after its transaction committed with `synchronous=FULL`.
 //! - Concurrent mailbox writes are batched by one writer task: a batch shares one
-//!   directory sync and one commit (group commit).
+//!   commit (one WAL fsync) and, for large bodies, one filesystem sync (group commit).
 //! - UIDs in a mailbox are strictly ascending and never reused while UIDVALIDITY holds;
 //!   every change raises the mailbox's MODSEQ.
 //! - Every message and mailbox operation is scoped to an account: a mailbox or message
@@ -43,7 +44,7 @@ pub use queue::{
     DEFAULT_QUEUE_LIFETIME_SECS, DsnNotify, DsnRet, QueueEntry, QueueId, QueueRecipientStatus,
     QueuedMessage, QueuedRecipient, RecipientState,
 };
-pub use sqlite::{SqliteStore, WriterStats};
+pub use sqlite::{INLINE_BODY_MAX, SqliteStore, WriterStats};
 pub use types::{
     AccountId, Address, AliasSource, DEFAULT_MAILBOXES, Domain, DomainId, FlagOp, Flags, MailboxId,
     MessageId, ModSeq, SpecialUse, SystemFlags, Uid, UidValidity,
@@ -217,7 +218,7 @@ pub struct Copied {
 pub struct GarbageReport {
     /// Message rows no mailbox referred to.
     pub messages: u64,
-    /// Blob files no message row referred to.
+    /// Bodies (inline rows and files) nothing referred to any more.
     pub blobs: u64,
 }
 
@@ -362,6 +363,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn enqueue(&self, message: QueuedMessage) -> Result<QueueId>;
     /// Every queued message with its recipients, oldest first.
     async fn list_queue(&self) -> Result<Vec<QueueEntry>>;
+    /// A body by its content address (the outbound queue's bodies). Not scoped to an
+    /// account: for server-side workers only; sessions use [`Store::read_message`].
+    async fn read_blob(&self, hash: &BlobHash) -> Result<Vec<u8>>;
 
     // ---- feed and maintenance ----
 

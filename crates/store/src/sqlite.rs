@@ -37,6 +37,8 @@ use crate::{
     MailboxStatus, MessageMeta, NewAccount, NewMessage, Store, password, unix_now,
 };
 
+/// Bodies up to this size are stored in the database (`inline_blobs`), larger ones as files.
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer before callers wait for room (backpressure).
@@ -49,6 +51,7 @@ const MAX_MAILBOXES: i64 = 10_000;
 const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_queue.sql"),
+    include_str!("../migrations/sqlite/0003_inline_bodies.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -138,6 +141,24 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || PendingBlob::new(bytes))
             .await
             .map_err(|e| StoreError::Database(format!("hashing task: {e}")))
+    }
+
+    /// Reads a body by its hash: from `inline_blobs`, else from its file.
+    async fn read_body(&self, hex: &str) -> Result<Vec<u8>> {
+        let inline: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM inline_blobs WHERE hash = ?")
+                .bind(hex)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(data) = inline {
+            return Ok(data);
+        }
+        let hash = BlobHash::from_hex(hex)
+            .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hex}")))?;
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.read(&hash))
+            .await
+            .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
     }
 
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -319,9 +340,14 @@ async fn run_batch(
     blobs: &Arc<BlobStore>,
     feed: &ChangeFeed,
 ) -> bool {
-    // 1. The batch's bodies are written and made durable (one filesystem sync) before any
-    //    row refers to them.
-    let pending: Vec<PendingBlob> = batch.iter().filter_map(|j| j.op.blob().cloned()).collect();
+    // 1. The batch's large bodies are written and made durable (one filesystem sync) before
+    //    any row refers to them; small ones go into the transaction itself (step 2).
+    let pending: Vec<PendingBlob> = batch
+        .iter()
+        .filter_map(|j| j.op.blob())
+        .filter(|b| b.bytes.len() > INLINE_BODY_MAX)
+        .cloned()
+        .collect();
     if !pending.is_empty() {
         let blobs = blobs.clone();
         let synced = tokio::task::spawn_blocking(move || blobs.write_batch(&pending))
@@ -440,6 +466,9 @@ async fn rollback_to(conn: &mut SqliteConnection, name: &'static str) -> Result<
 }
 
 async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Result<Output> {
+    if let Some(blob) = op.blob() {
+        store_inline(conn, blob).await?;
+    }
     match op {
         Op::Append {
             account,
@@ -603,6 +632,19 @@ async fn enqueue(
         .await?;
     }
     Ok(QueueId(id))
+}
+
+/// Stores a small body in `inline_blobs` (large ones were written as files already).
+async fn store_inline(conn: &mut SqliteConnection, blob: &PendingBlob) -> Result<()> {
+    if blob.bytes.len() > INLINE_BODY_MAX {
+        return Ok(());
+    }
+    sqlx::query("INSERT OR IGNORE INTO inline_blobs (hash, data) VALUES (?, ?)")
+        .bind(blob.hash.to_hex())
+        .bind(blob.bytes.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// A mailbox's counters, read inside the writer's transaction.
@@ -1813,12 +1855,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
-        let hash = BlobHash::from_hex(&hash)
-            .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hash}")))?;
-        let blobs = self.blobs.clone();
-        tokio::task::spawn_blocking(move || blobs.read(&hash))
-            .await
-            .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
+        self.read_body(&hash).await
     }
 
     async fn store_flags(
@@ -1994,6 +2031,12 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let inline_removed = sqlx::query(
+            "DELETE FROM inline_blobs WHERE hash NOT IN (SELECT blob_hash FROM messages UNION SELECT blob_hash FROM queue)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let referenced: Vec<String> =
             sqlx::query_scalar("SELECT blob_hash FROM messages UNION SELECT blob_hash FROM queue")
                 .fetch_all(&mut *tx)
@@ -2023,15 +2066,21 @@ impl Store for SqliteStore {
         .map_err(|e| StoreError::Database(format!("garbage collector task: {e}")))??;
         Ok(GarbageReport {
             messages: removed,
-            blobs: removed_blobs,
+            blobs: removed_blobs + inline_removed,
         })
     }
 
+    async fn read_blob(&self, hash: &BlobHash) -> Result<Vec<u8>> {
+        self.read_body(&hash.to_hex()).await
+    }
+
     async fn missing_blobs(&self) -> Result<Vec<BlobHash>> {
-        let hashes: Vec<String> =
-            sqlx::query_scalar("SELECT blob_hash FROM messages UNION SELECT blob_hash FROM queue")
-                .fetch_all(&self.pool)
-                .await?;
+        let hashes: Vec<String> = sqlx::query_scalar(
+            "SELECT blob_hash FROM messages WHERE blob_hash NOT IN (SELECT hash FROM inline_blobs) \
+             UNION SELECT blob_hash FROM queue WHERE blob_hash NOT IN (SELECT hash FROM inline_blobs)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut missing = Vec::new();
         for h in hashes {
             let hash = BlobHash::from_hex(&h)

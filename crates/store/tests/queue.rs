@@ -96,12 +96,11 @@ async fn garbage_collection_keeps_queued_bodies() {
     assert_eq!(report.blobs, 0, "a queued body is referenced");
     assert!(store.missing_blobs().await.expect("check").is_empty());
     let entry = &store.list_queue().await.expect("list")[0];
-    assert!(
-        dir.path()
-            .join("blobs")
-            .join(&entry.blob.to_hex()[..2])
-            .exists()
-    );
+    let body = store
+        .read_blob(&entry.blob)
+        .await
+        .expect("queued body readable");
+    assert_eq!(body.len() as u64, entry.size);
 }
 
 #[tokio::test]

@@ -685,10 +685,10 @@ async fn deliver_to_several_accounts_stores_one_blob() {
     let (dir, store) = open().await;
     let alice = with_user(&*store, "alice@example.org", "x").await;
     let bob = with_user(&*store, "bob@example.org", "x").await;
-    let results = store
-        .deliver(&[alice, bob], msg("hello both"))
-        .await
-        .expect("deliver");
+    // Over the inline limit, so the body is a file.
+    let big =
+        NewMessage::now(format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(100_000)).into_bytes());
+    let results = store.deliver(&[alice, bob], big).await.expect("deliver");
     assert_eq!(results.len(), 2);
     assert!(results.iter().all(Result::is_ok));
     let blobs = std::fs::read_dir(dir.path().join("blobs"))
@@ -744,23 +744,41 @@ async fn concurrent_deliveries_share_commits() {
 
 #[tokio::test]
 async fn garbage_collection_removes_only_unreferenced_blobs() {
-    let (_dir, store) = open().await;
+    let (dir, store) = open().await;
     let alice = with_user(&*store, "alice@example.org", "x").await;
     let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
-    store.append(alice, inbox.id, msg("keep")).await.expect("a");
-    store.append(alice, inbox.id, msg("drop")).await.expect("a");
+    let big = |tag: &str| {
+        NewMessage::now(format!("Subject: {tag}\r\n\r\n{}\r\n", "y".repeat(80_000)).into_bytes())
+    };
+    store.append(alice, inbox.id, msg("keep")).await.expect("a"); // inline
+    store.append(alice, inbox.id, msg("drop")).await.expect("a"); // inline
     store
-        .expunge(alice, inbox.id, Some(&[Uid(2)]), true)
+        .append(alice, inbox.id, big("drop big"))
+        .await
+        .expect("a"); // file
+    store
+        .expunge(alice, inbox.id, Some(&[Uid(2), Uid(3)]), true)
         .await
         .expect("x");
-    // Young blobs are kept: a delivery may be about to commit a row for them.
+    // Unreferenced inline bodies go at once (they commit with their rows); young files are
+    // kept: a delivery may be about to commit a row for them.
     let young = store
         .collect_garbage(Duration::from_secs(3600))
         .await
         .expect("gc");
-    assert_eq!((young.messages, young.blobs), (1, 0));
+    assert_eq!((young.messages, young.blobs), (2, 1));
+    let file_count = || {
+        std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs dir")
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).expect("dir").flatten())
+            .count()
+    };
+    assert_eq!(file_count(), 1);
     let report = store.collect_garbage(Duration::ZERO).await.expect("gc");
     assert_eq!(report.blobs, 1);
+    assert_eq!(file_count(), 0);
+    assert!(store.missing_blobs().await.expect("check").is_empty());
     let left = store.messages(alice, inbox.id).await.expect("l");
     assert_eq!(
         store
