@@ -4,7 +4,8 @@
 //! (NAMESPACE), RFC 2971 (ID), RFC 3516 (BINARY), RFC 3691 (UNSELECT), RFC 4315 (UIDPLUS),
 //! RFC 4731 (ESEARCH), RFC 4959 (SASL-IR), RFC 4616 (PLAIN), RFC 5161 (ENABLE), RFC 5258
 //! (LIST-EXTENDED), RFC 5819 (LIST-STATUS), RFC 6154 (SPECIAL-USE), RFC 6851 (MOVE), RFC 7888
-//! (LITERAL+), RFC 8438 (STATUS=SIZE), RFC 8314 (implicit TLS on 993).
+//! (LITERAL+), RFC 8438 (STATUS=SIZE), RFC 8314 (implicit TLS on 993), RFC 7162 (CONDSTORE
+//! and QRESYNC).
 //!
 //! Layers (DESIGN §2): [`wire`] parses commands and encodes strings (no I/O); [`mime`] builds
 //! ENVELOPE/BODYSTRUCTURE and body sections from raw bytes; [`search`] evaluates SEARCH;
@@ -28,6 +29,12 @@
 //! - Internal errors reach the client as `NO [SERVERBUG]` with a correlation id; the detail
 //!   goes to the log only. Passwords are `Secret`s and never logged.
 //! - \Recent is tracked per process (the first session to see a message gets it).
+//! - A session's HIGHESTMODSEQ is read from the store before the messages it describes, so
+//!   it never claims a change the session has not loaded; it is only announced outside
+//!   SELECT when no expunge is withheld (a client resyncing from it would miss those).
+//!   Changes are loaded incrementally (`messages_changed_since`, `expunged_since`).
+//! - After `ENABLE QRESYNC` expunges are announced as `VANISHED` and unsolicited FETCH
+//!   responses carry UID; after any CONDSTORE-enabling command FETCH FLAGS carries MODSEQ.
 
 mod mailbox_name;
 pub mod mime;

@@ -21,6 +21,18 @@ pub fn needs_message(key: &SearchKey) -> bool {
     }
 }
 
+/// Whether the key uses `MODSEQ` (RFC 7162 §3.1.5: the response then carries the highest
+/// MODSEQ of the matches).
+pub fn uses_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.iter().any(uses_modseq),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::Not(a) => uses_modseq(a),
+        SearchKey::ModSeq(_) => true,
+        _ => false,
+    }
+}
+
 /// One message as SEARCH sees it.
 pub struct Candidate<'a> {
     /// Sequence number.

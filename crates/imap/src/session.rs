@@ -113,6 +113,10 @@ struct Selected {
     dirty: bool,
     /// Keywords announced in FLAGS.
     keywords: BTreeSet<String>,
+    /// A lower bound of the mailbox's HIGHESTMODSEQ (RFC 7162) for `msgs`: every change
+    /// with a MODSEQ up to it is reflected there (expunges at least marked). Read from
+    /// the store *before* the messages, so a concurrent change is re-read, never missed.
+    highest_modseq: u64,
 }
 
 /// What reading a command produced.
@@ -143,6 +147,12 @@ struct Session<'a> {
     bad_in_row: u32,
     /// Commands handled (for correlation ids).
     commands: u64,
+    /// RFC 7162 §3.1: a CONDSTORE-enabling command was seen; FETCH responses carrying
+    /// FLAGS also carry MODSEQ from now on.
+    condstore: bool,
+    /// RFC 7162 §3.2.3: `ENABLE QRESYNC` was seen; expunges are reported as VANISHED and
+    /// unsolicited FETCH responses carry UID.
+    qresync: bool,
 }
 
 /// Runs a session to its end.
@@ -157,6 +167,8 @@ pub(crate) async fn run(server: &ImapServer, conn: Connection) {
         selected: None,
         bad_in_row: 0,
         commands: 0,
+        condstore: false,
+        qresync: false,
     };
     s.conn.set_idle_timeout(server.config.preauth_idle_timeout);
     let caps = s.capabilities();
@@ -217,7 +229,7 @@ impl Session<'_> {
             }
             _ => caps.push_str(
                 " NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS \
-                 SPECIAL-USE BINARY ESEARCH STATUS=SIZE",
+                 SPECIAL-USE BINARY ESEARCH STATUS=SIZE CONDSTORE QRESYNC",
             ),
         }
         caps
@@ -441,15 +453,38 @@ impl Session<'_> {
             C::Authenticate { mechanism, initial } => {
                 self.cmd_authenticate(&mechanism, initial).await
             }
-            C::Enable(_) => {
+            C::Enable(caps) => {
                 self.need_auth()?;
-                // CLIENTS.md §F.8: always answer with * ENABLED (we enable nothing extra).
-                self.untagged("ENABLED");
+                // CLIENTS.md §F.8: always answer with * ENABLED, listing what this command
+                // enabled (RFC 5161 §3.1).
+                let mut enabled = String::from("ENABLED");
+                for cap in &caps {
+                    match cap.as_str() {
+                        "CONDSTORE" => {
+                            self.enable_condstore();
+                            enabled.push_str(" CONDSTORE");
+                        }
+                        // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
+                        "QRESYNC" => {
+                            self.enable_condstore();
+                            self.qresync = true;
+                            enabled.push_str(" QRESYNC");
+                        }
+                        _ => {}
+                    }
+                }
+                self.untagged(&enabled);
                 Ok("ENABLE completed".into())
             }
             C::Select {
-                mailbox, examine, ..
-            } => self.cmd_select(&mailbox, examine).await,
+                mailbox,
+                examine,
+                condstore,
+                qresync,
+            } => {
+                self.cmd_select(&mailbox, examine, condstore, qresync.as_ref())
+                    .await
+            }
             C::Create(name) => self.cmd_create(&name).await,
             C::Delete(name) => self.cmd_delete(&name).await,
             C::Rename(from, to) => self.cmd_rename(&from, &to).await,
@@ -485,15 +520,26 @@ impl Session<'_> {
             C::Expunge(uids) => self.cmd_expunge(uids.as_ref()).await,
             C::Search { uid, ret, key } => self.cmd_search(&tag, uid, ret, &key).await,
             C::Fetch {
-                uid, set, attrs, ..
-            } => self.cmd_fetch(uid, &set, &attrs).await,
+                uid,
+                set,
+                attrs,
+                changed_since,
+                vanished,
+            } => {
+                self.cmd_fetch(uid, &set, &attrs, changed_since, vanished)
+                    .await
+            }
             C::Store {
                 uid,
                 set,
                 mode,
                 silent,
                 flags,
-            } => self.cmd_store(uid, &set, mode, silent, &flags).await,
+                unchanged_since,
+            } => {
+                self.cmd_store(uid, &set, mode, silent, &flags, unchanged_since)
+                    .await
+            }
             C::Copy { uid, set, mailbox } => self.cmd_copy(uid, &set, &mailbox, false).await,
             C::Move { uid, set, mailbox } => self.cmd_copy(uid, &set, &mailbox, true).await,
         }
@@ -511,6 +557,21 @@ fn flag_list(keywords: &BTreeSet<String>) -> String {
         s.push_str(k);
     }
     s
+}
+
+/// An unsolicited `FETCH (FLAGS ...)` line: with MODSEQ once CONDSTORE is on (RFC 7162
+/// §3.1.4), with UID once QRESYNC is on (§3.2.4).
+fn fetch_flags_line(seq: usize, m: &Msg, condstore: bool, qresync: bool) -> String {
+    let mut line = format!("{seq} FETCH (");
+    if qresync {
+        let _ = write!(line, "UID {} ", m.uid);
+    }
+    let _ = write!(line, "FLAGS ({})", flags_text(&m.flags, m.recent));
+    if condstore {
+        let _ = write!(line, " MODSEQ ({})", m.modseq);
+    }
+    line.push(')');
+    line
 }
 
 fn flags_text(flags: &Flags, recent: bool) -> String {
@@ -634,11 +695,31 @@ impl Session<'_> {
         Ok(None)
     }
 
-    async fn cmd_select(&mut self, raw: &[u8], examine: bool) -> CmdResult {
+    async fn cmd_select(
+        &mut self,
+        raw: &[u8],
+        examine: bool,
+        condstore: bool,
+        qresync: Option<&wire::QresyncParams>,
+    ) -> CmdResult {
         self.need_auth()?;
+        if qresync.is_some() && !self.qresync {
+            // RFC 7162 §3.2.5: the QRESYNC parameter needs a prior ENABLE QRESYNC.
+            return Err(CmdError::Bad(
+                "QRESYNC parameter without ENABLE QRESYNC".into(),
+            ));
+        }
+        if self.selected.is_some() {
+            // RFC 7162 §3.2.11: responses after this belong to the new mailbox.
+            self.untagged("OK [CLOSED] Previous mailbox closed");
+        }
         // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
         self.selected = None;
         self.state = State::Authenticated;
+        if condstore {
+            // RFC 7162 §3.1.8: SELECT (CONDSTORE) is a CONDSTORE-enabling command.
+            self.enable_condstore();
+        }
         let name = self.parse_name(raw)?;
         let Some(info) = self.lookup(&name).await? else {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
@@ -691,6 +772,10 @@ impl Session<'_> {
             "OK [UIDNEXT {}] Predicted next UID",
             info.uid_next.0
         ));
+        // RFC 7162 §3.1.2.1: HIGHESTMODSEQ with every successful SELECT/EXAMINE. `info` was
+        // read before the messages, so the value never claims a change `msgs` lacks.
+        let highest_modseq = info.highest_modseq.0;
+        self.untagged(&format!("OK [HIGHESTMODSEQ {highest_modseq}] Highest"));
         self.selected = Some(Selected {
             id: info.id,
             name: info.name,
@@ -698,13 +783,83 @@ impl Session<'_> {
             msgs,
             dirty: false,
             keywords,
+            highest_modseq,
         });
         self.state = State::Selected;
+        if let Some(q) = qresync
+            && q.uid_validity == info.uid_validity.0
+        {
+            self.qresync_report(q).await?;
+        }
         Ok(if examine {
             "[READ-ONLY] EXAMINE completed".into()
         } else {
             "[READ-WRITE] SELECT completed".into()
         })
+    }
+
+    /// RFC 7162 §3.2.5.1: after SELECT (QRESYNC ...) with a matching UIDVALIDITY, report
+    /// what changed since the client's MODSEQ: `VANISHED (EARLIER)` for expunged UIDs, then
+    /// FETCH (UID FLAGS MODSEQ) for changed messages; both limited to the known UIDs.
+    async fn qresync_report(&mut self, q: &wire::QresyncParams) -> Result<(), CmdError> {
+        let account = self.account_id()?;
+        let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
+        let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+        let gone = self
+            .server
+            .store
+            .expunged_since(account, sel.id, store::ModSeq(q.modseq))
+            .await?;
+        let in_known = |uid: u32, largest: u32| {
+            q.known_uids
+                .as_ref()
+                .is_none_or(|set| set.contains(uid, largest))
+        };
+        let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
+        let vanished: Vec<u32> = gone
+            .iter()
+            .map(|u| u.0)
+            .filter(|&u| in_known(u, largest))
+            .collect();
+        let mut lines = Vec::new();
+        if !vanished.is_empty() {
+            lines.push(format!("VANISHED (EARLIER) {}", compact(&vanished)));
+        }
+        for (i, m) in sel.msgs.iter().enumerate() {
+            if m.modseq > q.modseq && in_known(m.uid, max_uid) {
+                lines.push(format!(
+                    "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
+                    i + 1,
+                    m.uid,
+                    flags_text(&m.flags, m.recent),
+                    m.modseq
+                ));
+            }
+        }
+        for l in lines {
+            self.untagged(&l);
+            self.maybe_flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Turns CONDSTORE on (RFC 7162 §3.1). When a mailbox is selected already, the client
+    /// learns its HIGHESTMODSEQ now (§3.1.2.1), unless expunges are still withheld.
+    fn enable_condstore(&mut self) {
+        if self.condstore {
+            return;
+        }
+        self.condstore = true;
+        if let Some(hms) = self.announceable_modseq() {
+            self.untagged(&format!("OK [HIGHESTMODSEQ {hms}] Highest"));
+        }
+    }
+
+    /// The HIGHESTMODSEQ the client may be told: only when no expunge is withheld (a client
+    /// resyncing from it later would never hear of those).
+    fn announceable_modseq(&self) -> Option<u64> {
+        let sel = self.selected.as_ref()?;
+        (!sel.msgs.iter().any(|m| m.expunged)).then_some(sel.highest_modseq)
     }
 
     async fn cmd_create(&mut self, raw: &[u8]) -> CmdResult {
@@ -986,6 +1141,10 @@ impl Session<'_> {
 
     async fn cmd_status(&mut self, raw: &[u8], items: &[StatusItem]) -> CmdResult {
         self.need_auth()?;
+        if items.contains(&StatusItem::HighestModSeq) {
+            // RFC 7162 §3.1: STATUS (HIGHESTMODSEQ) is a CONDSTORE-enabling command.
+            self.enable_condstore();
+        }
         let name = self.parse_name(raw)?;
         let Some(info) = self.lookup(&name).await? else {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
@@ -1160,65 +1319,105 @@ impl Session<'_> {
             return Ok(());
         };
         let account = self.account_id()?;
+        let mut announced_expunge = false;
         if sel.dirty {
-            let fresh = self.server.store.messages(account, sel.id).await?;
+            let store = &self.server.store;
             let sel_id = sel.id;
             let read_only = sel.read_only;
+            let known_modseq = sel.highest_modseq;
             let max_known = sel.msgs.last().map_or(0, |m| m.uid);
-            let max_fresh = fresh.last().map_or(0, |m| m.uid.0);
+            // HIGHESTMODSEQ first: everything up to it is in what is read next.
+            let info = store
+                .mailbox(account, &sel.name)
+                .await?
+                .filter(|i| i.id == sel_id);
+            let (hms, changes, gone) = match info {
+                // RFC 7162: only what changed since the last sync (new, flags, expunged).
+                Some(info) => {
+                    let since = store::ModSeq(known_modseq);
+                    let changes = store.messages_changed_since(account, sel_id, since).await?;
+                    let gone: Vec<u32> = store
+                        .expunged_since(account, sel_id, since)
+                        .await?
+                        .into_iter()
+                        .map(|u| u.0)
+                        .collect();
+                    (info.highest_modseq.0, changes, gone)
+                }
+                // Renamed or deleted under us: compare with the whole mailbox.
+                None => {
+                    let fresh = store.messages(account, sel_id).await?;
+                    let present: BTreeSet<u32> = fresh.iter().map(|m| m.uid.0).collect();
+                    let gone = sel
+                        .msgs
+                        .iter()
+                        .map(|m| m.uid)
+                        .filter(|u| !present.contains(u))
+                        .collect();
+                    (known_modseq, fresh, gone)
+                }
+            };
+            let max_fresh = changes.last().map_or(0, |m| m.uid.0);
             let claimed = if max_fresh > max_known {
                 self.server.claim_recent(sel_id, max_fresh, !read_only)
             } else {
                 u32::MAX
             };
+            let (condstore, qresync) = (self.condstore, self.qresync);
             let Some(sel) = self.selected.as_mut() else {
                 return Ok(());
             };
             sel.dirty = false;
-            let by_uid: std::collections::HashMap<u32, &store::MessageMeta> =
-                fresh.iter().map(|m| (m.uid.0, m)).collect();
-            let mut out = Vec::new();
-            let mut new_keywords = false;
-            for (i, m) in sel.msgs.iter_mut().enumerate() {
-                match by_uid.get(&m.uid) {
-                    None => m.expunged = true,
-                    Some(f) if !m.expunged && f.flags != m.flags => {
-                        m.flags = f.flags.clone();
-                        m.modseq = f.modseq.0;
-                        for k in &m.flags.keywords {
-                            if !sel.keywords.contains(k) {
-                                sel.keywords.insert(k.clone());
-                                new_keywords = true;
-                            }
-                        }
-                        out.push(format!(
-                            "{} FETCH (FLAGS ({}))",
-                            i + 1,
-                            flags_text(&m.flags, m.recent)
-                        ));
-                    }
-                    _ => {}
+            sel.highest_modseq = sel.highest_modseq.max(hms);
+            for uid in gone {
+                if let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) {
+                    sel.msgs[i].expunged = true;
                 }
             }
+            let mut out = Vec::new();
+            let mut new_keywords = false;
             let mut added = 0;
-            for f in fresh.iter().filter(|f| f.uid.0 > max_known) {
-                for k in &f.flags.keywords {
-                    if sel.keywords.insert(k.clone()) {
+            for f in changes {
+                let uid = f.uid.0;
+                if uid > max_known {
+                    for k in &f.flags.keywords {
+                        if sel.keywords.insert(k.clone()) {
+                            new_keywords = true;
+                        }
+                    }
+                    sel.msgs.push(Msg {
+                        uid,
+                        message: f.message,
+                        size: f.size,
+                        date: f.internal_date,
+                        tz: f.tz_offset_minutes,
+                        flags: f.flags,
+                        modseq: f.modseq.0,
+                        recent: uid > claimed,
+                        expunged: false,
+                    });
+                    added += 1;
+                    continue;
+                }
+                let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) else {
+                    continue;
+                };
+                let m = &mut sel.msgs[i];
+                if m.expunged {
+                    continue;
+                }
+                m.modseq = m.modseq.max(f.modseq.0);
+                if f.flags == m.flags {
+                    continue;
+                }
+                m.flags = f.flags;
+                for k in &m.flags.keywords {
+                    if !sel.keywords.contains(k) {
+                        sel.keywords.insert(k.clone());
                         new_keywords = true;
                     }
                 }
-                sel.msgs.push(Msg {
-                    uid: f.uid.0,
-                    message: f.message,
-                    size: f.size,
-                    date: f.internal_date,
-                    tz: f.tz_offset_minutes,
-                    flags: f.flags.clone(),
-                    modseq: f.modseq.0,
-                    recent: f.uid.0 > claimed,
-                    expunged: false,
-                });
-                added += 1;
+                out.push(fetch_flags_line(i + 1, m, condstore, qresync));
             }
             if new_keywords {
                 let flags = flag_list(&sel.keywords);
@@ -1232,53 +1431,60 @@ impl Session<'_> {
             for line in out {
                 self.untagged(&line);
             }
+            if allow_expunge {
+                announced_expunge = self.announce_expunges();
+            }
             if added > 0 {
                 let Some(sel) = self.selected.as_ref() else {
                     return Ok(());
                 };
                 let exists = sel.msgs.len();
                 let recent = sel.msgs.iter().filter(|m| m.recent).count();
-                if allow_expunge {
-                    // EXISTS after the expunges below; computed there.
-                } else {
-                    self.untagged(&format!("{exists} EXISTS"));
-                    self.untagged(&format!("{recent} RECENT"));
-                }
-            }
-            if allow_expunge {
-                self.announce_expunges();
-                if added > 0 {
-                    let Some(sel) = self.selected.as_ref() else {
-                        return Ok(());
-                    };
-                    let exists = sel.msgs.len();
-                    let recent = sel.msgs.iter().filter(|m| m.recent).count();
-                    self.untagged(&format!("{exists} EXISTS"));
-                    self.untagged(&format!("{recent} RECENT"));
-                }
+                self.untagged(&format!("{exists} EXISTS"));
+                self.untagged(&format!("{recent} RECENT"));
             }
         } else if allow_expunge {
-            self.announce_expunges();
+            announced_expunge = self.announce_expunges();
+        }
+        if announced_expunge
+            && self.condstore
+            && let Some(hms) = self.announceable_modseq()
+        {
+            // RFC 7162 §3.2.10: a client cannot learn the MODSEQ of an expunge otherwise.
+            self.untagged(&format!("OK [HIGHESTMODSEQ {hms}] Highest"));
         }
         Ok(())
     }
 
     /// Sends EXPUNGE for messages known to be gone, highest number first so every number
-    /// sent is valid when the client reads it.
-    fn announce_expunges(&mut self) {
+    /// sent is valid when the client reads it; after ENABLE QRESYNC one `VANISHED` with
+    /// their UIDs instead (RFC 7162 §3.2.10). True when something was announced.
+    fn announce_expunges(&mut self) -> bool {
+        let qresync = self.qresync;
         let Some(sel) = self.selected.as_mut() else {
-            return;
+            return false;
         };
+        if !sel.msgs.iter().any(|m| m.expunged) {
+            return false;
+        }
         let mut lines = Vec::new();
+        let mut uids = Vec::new();
         for i in (0..sel.msgs.len()).rev() {
             if sel.msgs[i].expunged {
-                sel.msgs.remove(i);
+                uids.push(sel.msgs[i].uid);
                 lines.push(format!("{} EXPUNGE", i + 1));
             }
         }
-        for l in lines {
-            self.untagged(&l);
+        sel.msgs.retain(|m| !m.expunged);
+        if qresync {
+            uids.reverse();
+            self.untagged(&format!("VANISHED {}", compact(&uids)));
+        } else {
+            for l in lines {
+                self.untagged(&l);
+            }
         }
+        true
     }
 
     // ------------------------------------------------------------ selected: commands
@@ -1368,8 +1574,16 @@ impl Session<'_> {
                     m.expunged = true;
                 }
             }
+            // Re-read HIGHESTMODSEQ even if the feed has not echoed our expunge yet.
+            sel.dirty = true;
         }
         self.sync_if_selected(true).await?;
+        if self.condstore
+            && let Some(hms) = self.announceable_modseq()
+        {
+            // RFC 7162 §3.2.10 (example): HIGHESTMODSEQ in the tagged OK of EXPUNGE.
+            return Ok(format!("[HIGHESTMODSEQ {hms}] EXPUNGE completed"));
+        }
         Ok("EXPUNGE completed".into())
     }
 
@@ -1380,25 +1594,51 @@ impl Session<'_> {
         mode: StoreMode,
         silent: bool,
         flags: &[String],
+        unchanged_since: Option<u64>,
     ) -> CmdResult {
         self.need_selected()?;
         self.need_writable()?;
         let flags = Flags::from_names(flags.iter().map(String::as_str))
             .map_err(|e| CmdError::Bad(format!("Invalid flags: {e}")))?;
+        if unchanged_since.is_some() {
+            // RFC 7162 §3.1: STORE (UNCHANGEDSINCE) is a CONDSTORE-enabling command.
+            self.enable_condstore();
+        }
         let idx = self.resolve_set(set, uid)?;
         let account = self.account_id()?;
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
+        let id = sel.id;
+        // RFC 7162 §3.1.3: a message whose MODSEQ is above UNCHANGEDSINCE is not changed and
+        // is listed in MODIFIED. The MODSEQs are re-read from the store (not this session's
+        // possibly stale view) right before the write.
+        let mut modified: BTreeSet<u32> = BTreeSet::new();
+        if let Some(limit) = unchanged_since {
+            let newer: BTreeSet<u32> = self
+                .server
+                .store
+                .messages_changed_since(account, id, store::ModSeq(limit))
+                .await?
+                .into_iter()
+                .map(|m| m.uid.0)
+                .collect();
+            for &i in &idx {
+                let m = &sel.msgs[i];
+                if !m.expunged && (newer.contains(&m.uid) || m.modseq > limit) {
+                    modified.insert(m.uid);
+                }
+            }
+        }
         let uids: Vec<Uid> = idx
             .iter()
-            .filter(|&&i| !sel.msgs[i].expunged)
-            .map(|&i| Uid(sel.msgs[i].uid))
+            .map(|&i| &sel.msgs[i])
+            .filter(|m| !m.expunged && !modified.contains(&m.uid))
+            .map(|m| Uid(m.uid))
             .collect();
         let op = match mode {
             StoreMode::Replace => FlagOp::Replace,
             StoreMode::Add => FlagOp::Add,
             StoreMode::Remove => FlagOp::Remove,
         };
-        let id = sel.id;
         let updates = if uids.is_empty() {
             Vec::new()
         } else {
@@ -1421,27 +1661,49 @@ impl Session<'_> {
             self.untagged(&text);
             self.untagged(&perm);
         }
+        let condstore = self.condstore;
         let sel = self.selected.as_mut().ok_or(CmdError::Close)?;
         let mut lines = Vec::new();
         let updated: std::collections::HashMap<u32, &store::FlagUpdate> =
             updates.iter().map(|u| (u.uid.0, u)).collect();
+        let mut modified_ids = Vec::new();
         for &i in &idx {
             let m = &mut sel.msgs[i];
-            if let Some(u) = updated.get(&m.uid) {
+            if modified.contains(&m.uid) {
+                modified_ids.push(if uid {
+                    m.uid
+                } else {
+                    u32::try_from(i + 1).unwrap_or(u32::MAX)
+                });
+                continue;
+            }
+            let changed = updated.get(&m.uid);
+            if let Some(u) = changed {
                 m.flags = u.flags.clone();
                 m.modseq = u.modseq.0;
             }
-            if !silent && !m.expunged {
-                let uid_part = if uid {
-                    format!(" UID {}", m.uid)
+            if m.expunged {
+                continue;
+            }
+            let uid_part = if uid {
+                format!("UID {} ", m.uid)
+            } else {
+                String::new()
+            };
+            if !silent {
+                let modseq = if condstore {
+                    format!(" MODSEQ ({})", m.modseq)
                 } else {
                     String::new()
                 };
                 lines.push(format!(
-                    "{} FETCH (FLAGS ({}){uid_part})",
+                    "{} FETCH ({uid_part}FLAGS ({}){modseq})",
                     i + 1,
                     flags_text(&m.flags, m.recent)
                 ));
+            } else if condstore && changed.is_some() {
+                // RFC 7162 §3.1.3: the new MODSEQ is reported even with .SILENT.
+                lines.push(format!("{} FETCH ({uid_part}MODSEQ ({}))", i + 1, m.modseq));
             }
         }
         for l in lines {
@@ -1449,6 +1711,13 @@ impl Session<'_> {
         }
         // Our own change comes back through the feed; nothing new to report for it.
         self.sync_if_selected(uid).await?;
+        if !modified_ids.is_empty() {
+            modified_ids.sort_unstable();
+            return Ok(format!(
+                "[MODIFIED {}] Conditional STORE failed",
+                compact(&modified_ids)
+            ));
+        }
         Ok("STORE completed".into())
     }
 
@@ -1522,6 +1791,11 @@ impl Session<'_> {
         key: &wire::SearchKey,
     ) -> CmdResult {
         self.need_selected()?;
+        let with_modseq = search::uses_modseq(key);
+        if with_modseq {
+            // RFC 7162 §3.1: SEARCH MODSEQ is a CONDSTORE-enabling command.
+            self.enable_condstore();
+        }
         let account = self.account_id()?;
         let needs = search::needs_message(key);
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
@@ -1535,6 +1809,7 @@ impl Session<'_> {
             .map(|(i, m)| (i, m.clone()))
             .collect();
         let mut hits: Vec<u32> = Vec::new();
+        let mut hit_modseq = 0u64;
         for (i, m) in candidates {
             let raw = if needs {
                 match self.server.store.read_message(account, m.message).await {
@@ -1560,6 +1835,7 @@ impl Session<'_> {
             };
             if search::matches(key, &c) {
                 hits.push(if uid { m.uid } else { seq });
+                hit_modseq = hit_modseq.max(m.modseq);
             }
         }
         match ret {
@@ -1567,6 +1843,10 @@ impl Session<'_> {
                 let mut line = String::from("SEARCH");
                 for h in &hits {
                     let _ = write!(line, " {h}");
+                }
+                if with_modseq && !hits.is_empty() {
+                    // RFC 7162 §3.1.5: `* SEARCH 2 5 (MODSEQ n)`.
+                    let _ = write!(line, " (MODSEQ {hit_modseq})");
                 }
                 self.untagged(&line);
             }
@@ -1591,6 +1871,10 @@ impl Session<'_> {
                 if r.count {
                     let _ = write!(line, " COUNT {}", hits.len());
                 }
+                if with_modseq && !hits.is_empty() {
+                    // RFC 7162 §3.1.5 / RFC 4731: ESEARCH return data MODSEQ.
+                    let _ = write!(line, " MODSEQ {hit_modseq}");
+                }
                 self.untagged(&line);
             }
         }
@@ -1598,11 +1882,60 @@ impl Session<'_> {
         Ok("SEARCH completed".into())
     }
 
-    async fn cmd_fetch(&mut self, uid: bool, set: &SeqSet, attrs: &[FetchAttr]) -> CmdResult {
+    async fn cmd_fetch(
+        &mut self,
+        uid: bool,
+        set: &SeqSet,
+        attrs: &[FetchAttr],
+        changed_since: Option<u64>,
+        vanished: bool,
+    ) -> CmdResult {
         self.need_selected()?;
+        if vanished && !(uid && self.qresync && changed_since.is_some()) {
+            // RFC 7162 §3.2.6: VANISHED only in UID FETCH with CHANGEDSINCE, after
+            // ENABLE QRESYNC.
+            return Err(CmdError::Bad(
+                "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC".into(),
+            ));
+        }
+        if changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq) {
+            // RFC 7162 §3.1: FETCH MODSEQ / CHANGEDSINCE are CONDSTORE-enabling commands.
+            self.enable_condstore();
+        }
         let account = self.account_id()?;
-        let idx = self.resolve_set(set, uid)?;
+        let mut idx = self.resolve_set(set, uid)?;
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
+        if let Some(since) = changed_since {
+            // RFC 7162 §3.1.4.1: only messages whose MODSEQ is above the value (CLIENTS.md
+            // §F.6: `CHANGEDSINCE 0` means all of them).
+            idx.retain(|&i| sel.msgs[i].modseq > since);
+            if vanished {
+                // RFC 7162 §3.2.6: expunged UIDs of the set first, as VANISHED (EARLIER).
+                // UIDs this session still shows (expunge not yet announced) are left to
+                // the VANISHED that announces them.
+                let gone = self
+                    .server
+                    .store
+                    .expunged_since(account, sel.id, store::ModSeq(since))
+                    .await?;
+                let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+                let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
+                let uids: Vec<u32> = gone
+                    .iter()
+                    .map(|u| u.0)
+                    .filter(|&u| set.contains(u, largest))
+                    .filter(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err())
+                    .collect();
+                if !uids.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {}", compact(&uids)));
+                }
+            }
+        }
+        let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
+        // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; after CONDSTORE, FLAGS brings it.
+        let with_modseq = attrs.contains(&FetchAttr::ModSeq)
+            || changed_since.is_some()
+            || (self.condstore && attrs.contains(&FetchAttr::Flags));
         let read_only = sel.read_only;
         let sel_id = sel.id;
         let needs_body = attrs.iter().any(|a| {
@@ -1707,9 +2040,7 @@ impl Session<'_> {
                     FetchAttr::Rfc822Size => {
                         let _ = write!(Lossy(&mut item), "RFC822.SIZE {}", m.size);
                     }
-                    FetchAttr::ModSeq => {
-                        let _ = write!(Lossy(&mut item), "MODSEQ ({})", m.modseq);
-                    }
+                    FetchAttr::ModSeq => continue,
                     FetchAttr::Envelope => {
                         let Some(p) = &parsed else { continue };
                         item.extend_from_slice(b"ENVELOPE ");
@@ -1772,6 +2103,9 @@ impl Session<'_> {
             }
             if seen_changed.contains(&m.uid) && !flags_done {
                 items.push(format!("FLAGS ({})", flags_text(&m.flags, m.recent)).into_bytes());
+            }
+            if with_modseq || (self.condstore && seen_changed.contains(&m.uid)) {
+                items.push(format!("MODSEQ ({})", m.modseq).into_bytes());
             }
             for (k, item) in items.iter().enumerate() {
                 if k > 0 {

@@ -255,6 +255,17 @@ pub struct SearchReturn {
     pub count: bool,
 }
 
+/// `SELECT mailbox (QRESYNC (...))` parameters (RFC 7162 §3.2.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QresyncParams {
+    /// The UIDVALIDITY the client last knew; a mismatch turns the resync off.
+    pub uid_validity: u32,
+    /// The last HIGHESTMODSEQ the client knew.
+    pub modseq: u64,
+    /// The UIDs the client knows; restricts the resync report when given.
+    pub known_uids: Option<SeqSet>,
+}
+
 /// What a command asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandBody {
@@ -292,6 +303,8 @@ pub enum CommandBody {
         examine: bool,
         /// `(CONDSTORE)` was given.
         condstore: bool,
+        /// `(QRESYNC (...))` was given (RFC 7162 §3.2.5).
+        qresync: Option<QresyncParams>,
     },
     /// CREATE
     Create(Vec<u8>),
@@ -368,6 +381,8 @@ pub enum CommandBody {
         attrs: Vec<FetchAttr>,
         /// `(CHANGEDSINCE n)` (RFC 7162).
         changed_since: Option<u64>,
+        /// The `VANISHED` modifier (RFC 7162 §3.2.6).
+        vanished: bool,
     },
     /// STORE / UID STORE
     Store {
@@ -381,6 +396,8 @@ pub enum CommandBody {
         silent: bool,
         /// Flag names.
         flags: Vec<String>,
+        /// `(UNCHANGEDSINCE n)` (RFC 7162 §3.1.3).
+        unchanged_since: Option<u64>,
     },
     /// COPY / UID COPY
     Copy {
@@ -918,6 +935,7 @@ fn parse_body(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandBody>
             p.sp()?;
             let mailbox = p.mailbox()?;
             let mut condstore = false;
+            let mut qresync = None;
             if p.eat(b' ') {
                 // RFC 4466 select-params; CLIENTS.md §F.7: several parameters, QRESYNC lists.
                 p.expect(b'(', "expected select parameters")?;
@@ -925,6 +943,15 @@ fn parse_body(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandBody>
                     let param = p.atom()?.to_ascii_uppercase();
                     if param == "CONDSTORE" {
                         condstore = true;
+                    }
+                    if param == "QRESYNC" {
+                        p.sp()?;
+                        qresync = Some(qresync_params(p)?);
+                        if p.eat(b')') {
+                            break;
+                        }
+                        p.sp()?;
+                        continue;
                     }
                     if p.eat(b' ') && p.peek() == Some(b'(') {
                         skip_parenthesised(p)?;
@@ -946,6 +973,7 @@ fn parse_body(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandBody>
                 mailbox,
                 examine: name == "EXAMINE",
                 condstore,
+                qresync,
             }
         }
         "CREATE" => {
@@ -1028,6 +1056,36 @@ fn parse_body(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandBody>
 }
 
 /// Skips a balanced parenthesised list (parameters we accept and ignore).
+/// RFC 7162 §3.2.5 / §7: `"(" uidvalidity SP mod-sequence-value [SP known-uids]
+/// [SP seq-match-data] ")"`, seq-match-data = `"(" known-sequence-set SP known-uid-set ")"`.
+/// The sequence match data is parsed and dropped: the store keeps every expunged UID, so
+/// VANISHED (EARLIER) is always exact without it.
+fn qresync_params(p: &mut Parser<'_>) -> PResult<QresyncParams> {
+    p.expect(b'(', "expected QRESYNC parameters")?;
+    let Ok(uid_validity) = u32::try_from(p.number()?) else {
+        return p.err("bad UIDVALIDITY");
+    };
+    p.sp()?;
+    let modseq = p.number()?;
+    let mut known_uids = None;
+    while p.eat(b' ') {
+        if p.peek() == Some(b'(') {
+            skip_parenthesised(p)?;
+        } else {
+            known_uids = Some(p.seq_set()?);
+        }
+    }
+    p.expect(b')', "expected )")?;
+    if uid_validity == 0 || modseq == 0 {
+        return p.err("QRESYNC UIDVALIDITY and MODSEQ must be non-zero");
+    }
+    Ok(QresyncParams {
+        uid_validity,
+        modseq,
+        known_uids,
+    })
+}
+
 fn skip_parenthesised(p: &mut Parser<'_>) -> PResult<()> {
     p.expect(b'(', "expected (")?;
     let mut depth = 1usize;
@@ -1158,6 +1216,7 @@ fn parse_selected(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandB
             p.sp()?;
             let attrs = fetch_attrs(p)?;
             let mut changed_since = None;
+            let mut vanished = false;
             if p.eat(b' ') {
                 p.expect(b'(', "expected fetch modifiers")?;
                 loop {
@@ -1165,6 +1224,7 @@ fn parse_selected(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandB
                         p.sp()?;
                         changed_since = Some(p.number()?);
                     } else if p.keyword("VANISHED") {
+                        vanished = true;
                     } else {
                         return p.err("unknown FETCH modifier");
                     }
@@ -1179,19 +1239,21 @@ fn parse_selected(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandB
                 set,
                 attrs,
                 changed_since,
+                vanished,
             }
         }
         "STORE" => {
             p.sp()?;
             let set = p.seq_set()?;
             p.sp()?;
+            let mut unchanged_since = None;
             if p.eat(b'(') {
-                // RFC 7162 UNCHANGEDSINCE: accepted and ignored (no CONDSTORE advertised).
+                // RFC 7162 §3.1.3: store-modifier UNCHANGEDSINCE mod-sequence-valzer.
                 if !p.keyword("UNCHANGEDSINCE") {
                     return p.err("unknown STORE modifier");
                 }
                 p.sp()?;
-                p.number()?;
+                unchanged_since = Some(p.number()?);
                 p.expect(b')', "expected )")?;
                 p.sp()?;
             }
@@ -1223,6 +1285,7 @@ fn parse_selected(p: &mut Parser<'_>, name: &str, uid: bool) -> PResult<CommandB
                 mode,
                 silent,
                 flags,
+                unchanged_since,
             }
         }
         "COPY" | "MOVE" => {

@@ -162,6 +162,24 @@ async fn imaplib_over_starttls_and_implicit_tls_drives_every_command() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imaplib_condstore_and_qresync_rfc7162() {
+    let s = start().await;
+    let script = py_dir().join("condstore.py").display().to_string();
+    let out = python(
+        &[
+            script,
+            s.implicit.port().to_string(),
+            USER.into(),
+            PASS.into(),
+            s.ca.display().to_string(),
+        ],
+        PATIENCE * 3,
+    )
+    .await;
+    assert!(out.contains("ALL OK"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_oracle_check_py_against_the_server() {
     let s = start().await;
     let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/imap-oracle");

@@ -25,6 +25,7 @@
 //!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
 mod blob;
+mod dkim;
 mod error;
 mod feed;
 pub mod password;
@@ -38,12 +39,14 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 pub use blob::{BlobHash, BlobStore};
+pub use dkim::{DkimAlgorithm, DkimKey, NewDkimKey};
 pub use error::{Result, StoreError};
 pub use feed::{Change, ChangeFeed};
 pub use queue::{
     DEFAULT_QUEUE_LIFETIME_SECS, DsnNotify, DsnRet, QueueEntry, QueueId, QueueRecipientStatus,
     QueuedMessage, QueuedRecipient, RecipientState,
 };
+pub use queue::{DEFAULT_RETRY_SCHEDULE_SECS, RecipientOutcome, RecipientResult, retry_delay};
 pub use sqlite::{INLINE_BODY_MAX, SqliteStore, WriterStats};
 pub use types::{
     AccountId, Address, AliasSource, DEFAULT_MAILBOXES, Domain, DomainId, FlagOp, Flags, MailboxId,
@@ -244,6 +247,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether mail for `name` is accepted here.
     async fn is_hosted_domain(&self, name: &Domain) -> Result<bool>;
 
+    // ---- DKIM keys (generated elsewhere; the store only keeps them) ----
+
+    /// Adds a DKIM key to a hosted domain. Error if the domain is not hosted or the selector
+    /// is taken.
+    async fn add_dkim_key(&self, key: NewDkimKey) -> Result<()>;
+    /// The domain's keys, active and retired-but-still-published, oldest first.
+    async fn dkim_keys(&self, domain: &Domain) -> Result<Vec<DkimKey>>;
+    /// Stops signing with a key; it stays published until [`Store::remove_dkim_key`].
+    async fn retire_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
+    /// Deletes a key (its DNS record can then go).
+    async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
+
     // ---- accounts ----
 
     /// Creates an account with the default mailboxes (INBOX, Drafts, Sent, Trash, Junk, Archive).
@@ -366,6 +381,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A body by its content address (the outbound queue's bodies). Not scoped to an
     /// account: for server-side workers only; sessions use [`Store::read_message`].
     async fn read_blob(&self, hash: &BlobHash) -> Result<Vec<u8>>;
+    /// One queued message with its recipients, or `None` when it is not (or no longer) queued.
+    async fn queue_entry(&self, id: QueueId) -> Result<Option<QueueEntry>>;
+    /// Claims up to `limit` due messages for node `node` with a lease of `lease_secs`: due
+    /// (`next_attempt <= now`) and unclaimed or with a lapsed lease. Atomic: no two callers
+    /// get the same message while its lease holds (SQLite: one `UPDATE ... RETURNING`;
+    /// PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    async fn claim_queue(
+        &self,
+        node: &str,
+        lease_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>>;
+    /// Records one attempt's outcome per recipient (only pending recipients change) and sets
+    /// the message's next attempt to its earliest pending recipient's.
+    async fn record_attempt(&self, id: QueueId, results: &[RecipientResult]) -> Result<()>;
+    /// Gives up `node`'s lease on a message (no-op when another node holds it).
+    async fn release_claim(&self, id: QueueId, node: &str) -> Result<()>;
+    /// Marks the failure DSN of these failed recipients as sent.
+    async fn mark_dsn_sent(&self, id: QueueId, recipients: &[Address]) -> Result<()>;
+    /// Marks the message's delay notice as sent.
+    async fn mark_delay_notified(&self, id: QueueId) -> Result<()>;
+    /// Removes a queued message (its body is collected later); `false` when it was not queued.
+    async fn remove_queued(&self, id: QueueId) -> Result<bool>;
+    /// Makes the pending recipients of one message (`None`: of every message) due now;
+    /// returns how many messages changed.
+    async fn retry_queued_now(&self, id: Option<QueueId>) -> Result<u64>;
 
     // ---- feed and maintenance ----
 

@@ -181,6 +181,8 @@ pub struct QueueRecipientStatus {
     pub next_attempt: i64,
     /// The last error, as the remote server or the resolver gave it.
     pub last_error: Option<String>,
+    /// For a failed recipient: whether its failure DSN has been sent (or was not wanted).
+    pub dsn_sent: bool,
 }
 
 /// A queued message as [`Store::list_queue`](crate::Store::list_queue) shows it.
@@ -212,6 +214,67 @@ pub struct QueueEntry {
     pub claimed_by: Option<String>,
     /// When that lease lapses (Unix seconds).
     pub claimed_until: Option<i64>,
+    /// Whether the sender has been sent a delay notice (RFC 3464 `Action: delayed`).
+    pub delay_notified: bool,
     /// Recipients in the order given.
     pub recipients: Vec<QueueRecipientStatus>,
+}
+
+/// What one delivery attempt did for one recipient, for
+/// [`Store::record_attempt`](crate::Store::record_attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    /// The remote server accepted it (`250` after DATA).
+    Delivered,
+    /// A temporary failure (4xx, connection or DNS trouble): tried again at `next_attempt`
+    /// (Unix seconds; the caller's back-off schedule decides).
+    Deferred {
+        /// What went wrong, for `queue show` and the DSN.
+        error: String,
+        /// When to try again.
+        next_attempt: i64,
+    },
+    /// A permanent failure (5xx, null MX, expiry): a failure DSN is due to the sender.
+    Failed {
+        /// What went wrong, quoting the remote's reply.
+        error: String,
+    },
+}
+
+/// One recipient's outcome of a delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    /// The recipient (every pending recipient with this address gets the outcome).
+    pub address: Address,
+    /// What happened.
+    pub outcome: RecipientOutcome,
+}
+
+/// The default back-off between attempts (issue 8): 1m, 5m, 15m, 30m, 1h, 2h, 4h, then every
+/// 4h until the message expires. Entry `n` is the wait after the `n+1`-th failed attempt.
+pub const DEFAULT_RETRY_SCHEDULE_SECS: &[i64] =
+    &[60, 5 * 60, 15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600];
+
+/// The wait after `attempts` failed attempts (1 after the first) on `schedule`; the last entry
+/// repeats. An empty schedule retries after 4 hours.
+pub fn retry_delay(schedule: &[i64], attempts: u32) -> i64 {
+    let i = (attempts.max(1) - 1) as usize;
+    schedule
+        .get(i)
+        .or(schedule.last())
+        .copied()
+        .unwrap_or(4 * 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_follows_the_schedule_then_repeats_its_last_step() {
+        let s = DEFAULT_RETRY_SCHEDULE_SECS;
+        let waits: Vec<i64> = (1..=9).map(|n| retry_delay(s, n)).collect();
+        assert_eq!(waits, [60, 300, 900, 1800, 3600, 7200, 14400, 14400, 14400]);
+        assert_eq!(retry_delay(&[], 3), 4 * 3600);
+    }
 }

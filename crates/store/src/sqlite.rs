@@ -28,14 +28,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::blob::{BlobHash, BlobStore, PendingBlob};
 use crate::error::{Result, StoreError};
 use crate::feed::{Change, ChangeFeed};
-use crate::queue::{
-    DsnNotify, DsnRet, QueueEntry, QueueId, QueueRecipientStatus, QueuedMessage, RecipientState,
-};
+use crate::queue::{DsnRet, QueueEntry, QueueId, QueuedMessage, RecipientResult};
 use crate::types::*;
 use crate::{
     AccountInfo, AliasInfo, Appended, Copied, DomainInfo, FlagUpdate, GarbageReport, MailboxInfo,
     MailboxStatus, MessageMeta, NewAccount, NewMessage, Store, password, unix_now,
 };
+
+/// Password verifications running at once (each Argon2id run takes ~19 MiB and a core).
+const VERIFY_CONCURRENCY: usize = 2;
+static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(VERIFY_CONCURRENCY);
 
 /// Bodies up to this size are stored in the database (`inline_blobs`), larger ones as files.
 pub const INLINE_BODY_MAX: usize = 64 * 1024;
@@ -48,10 +50,15 @@ const MAX_MAILBOX_NAME: usize = 512;
 /// Most mailboxes per account.
 const MAX_MAILBOXES: i64 = 10_000;
 
+mod dkim_ops;
+mod queue_ops;
+
 const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_queue.sql"),
     include_str!("../migrations/sqlite/0003_inline_bodies.sql"),
+    include_str!("../migrations/sqlite/0004_outbound.sql"),
+    include_str!("../migrations/sqlite/0005_dkim.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -1348,6 +1355,22 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
+    async fn add_dkim_key(&self, key: crate::NewDkimKey) -> Result<()> {
+        self.dkim_add(key).await
+    }
+
+    async fn dkim_keys(&self, domain: &Domain) -> Result<Vec<crate::DkimKey>> {
+        self.dkim_list(domain).await
+    }
+
+    async fn retire_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()> {
+        self.dkim_change(domain, selector, false).await
+    }
+
+    async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()> {
+        self.dkim_change(domain, selector, true).await
+    }
+
     async fn add_account(&self, account: NewAccount) -> Result<AccountId> {
         let mut tx = self.begin_immediate().await?;
         let domain = account.address.domain();
@@ -1505,6 +1528,13 @@ impl Store for SqliteStore {
             None => (None, dummy_hash().to_string()),
         };
         let password = password.to_string();
+        // Argon2id needs ~19 MiB per verification; a burst of logins must not turn into a
+        // burst of memory (the allocator keeps what it once grew to), so verifications run
+        // at most VERIFY_CONCURRENCY at a time.
+        let _permit = VERIFY_SLOTS
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let ok = tokio::task::spawn_blocking(move || password::verify_password(&password, &hash))
             .await
             .unwrap_or(false);
@@ -1956,67 +1986,44 @@ impl Store for SqliteStore {
     }
 
     async fn list_queue(&self) -> Result<Vec<QueueEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, blob_hash, size, sender, account_id, dsn_envid, dsn_ret, created_at, next_attempt, attempts, expires_at, claimed_by, claimed_until \
-             FROM queue ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let hash: String = r.try_get(1)?;
-            let sender: String = r.try_get(3)?;
-            entries.push(QueueEntry {
-                id: QueueId(r.try_get(0)?),
-                blob: BlobHash::from_hex(&hash)
-                    .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hash}")))?,
-                size: int(r.try_get(2)?)?,
-                sender: if sender.is_empty() {
-                    None
-                } else {
-                    Some(Address::parse(&sender)?)
-                },
-                account: r.try_get::<Option<i64>, _>(4)?.map(AccountId),
-                dsn_envid: r.try_get(5)?,
-                dsn_ret: r
-                    .try_get::<Option<String>, _>(6)?
-                    .as_deref()
-                    .and_then(DsnRet::from_stored),
-                created_at: r.try_get(7)?,
-                next_attempt: r.try_get(8)?,
-                attempts: int(r.try_get(9)?)?,
-                expires_at: r.try_get(10)?,
-                claimed_by: r.try_get(11)?,
-                claimed_until: r.try_get(12)?,
-                recipients: Vec::new(),
-            });
-        }
-        let rcpts = sqlx::query(
-            "SELECT queue_id, address, dsn_notify, dsn_orcpt, state, attempts, next_attempt, last_error \
-             FROM queue_recipients ORDER BY queue_id, position",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let index: std::collections::HashMap<i64, usize> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.id.0, i))
-            .collect();
-        for r in &rcpts {
-            let Some(&i) = index.get(&r.try_get::<i64, _>(0)?) else {
-                continue; // queued after the first query
-            };
-            entries[i].recipients.push(QueueRecipientStatus {
-                address: Address::parse(r.try_get(1)?)?,
-                notify: DsnNotify(int(r.try_get(2)?)?),
-                orcpt: r.try_get(3)?,
-                state: RecipientState::from_stored(r.try_get(4)?)?,
-                attempts: int(r.try_get(5)?)?,
-                next_attempt: r.try_get(6)?,
-                last_error: r.try_get(7)?,
-            });
-        }
-        Ok(entries)
+        queue_ops::entries(&self.pool, None).await
+    }
+
+    async fn queue_entry(&self, id: QueueId) -> Result<Option<QueueEntry>> {
+        self.queue_entry_by_id(id).await
+    }
+
+    async fn claim_queue(
+        &self,
+        node: &str,
+        lease_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>> {
+        self.queue_claim(node, lease_secs, limit).await
+    }
+
+    async fn record_attempt(&self, id: QueueId, results: &[RecipientResult]) -> Result<()> {
+        self.queue_record(id, results).await
+    }
+
+    async fn release_claim(&self, id: QueueId, node: &str) -> Result<()> {
+        self.queue_release(id, node).await
+    }
+
+    async fn mark_dsn_sent(&self, id: QueueId, recipients: &[Address]) -> Result<()> {
+        self.queue_mark_dsn_sent(id, recipients).await
+    }
+
+    async fn mark_delay_notified(&self, id: QueueId) -> Result<()> {
+        self.queue_mark_delay_notified(id).await
+    }
+
+    async fn remove_queued(&self, id: QueueId) -> Result<bool> {
+        self.queue_remove(id).await
+    }
+
+    async fn retry_queued_now(&self, id: Option<QueueId>) -> Result<u64> {
+        self.queue_retry_now(id).await
     }
 
     fn subscribe(&self, account: AccountId) -> broadcast::Receiver<Change> {
