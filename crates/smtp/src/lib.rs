@@ -41,6 +41,7 @@
 
 pub mod checks;
 mod delivery;
+pub mod outbound;
 pub mod reply;
 mod session;
 pub mod wire;
