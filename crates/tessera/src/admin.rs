@@ -105,6 +105,23 @@ pub enum AliasCommand {
 pub enum QueueCommand {
     /// List queued outbound messages with each recipient's state.
     List,
+    /// Show one queued message: envelope, lease, each recipient's attempts and last error.
+    Show {
+        /// The queue id (from `queue list`).
+        id: i64,
+    },
+    /// Make one queued message due now (the running server picks it up within seconds).
+    Retry {
+        /// The queue id.
+        id: i64,
+    },
+    /// Remove a queued message without delivering it (no bounce is sent).
+    Remove {
+        /// The queue id.
+        id: i64,
+    },
+    /// Make every queued message due now.
+    Flush,
 }
 
 async fn open_store(config_path: &Path) -> Result<Arc<SqliteStore>> {
@@ -121,7 +138,9 @@ pub async fn domain(config_path: &Path, cmd: DomainCommand) -> Result<()> {
         DomainCommand::Add { name } => {
             let domain = Domain::parse(&name)?;
             store.add_domain(&domain).await?;
-            println!("added domain {domain}");
+            let selectors = crate::dns_cmd::create_dkim_keys(&*store, &domain).await?;
+            println!("added domain {domain} (DKIM keys {})", selectors.join(", "));
+            println!("DNS records to publish: tessera dns records {domain}");
         }
         DomainCommand::List => {
             for d in store.list_domains().await? {
@@ -278,6 +297,53 @@ pub async fn queue(config_path: &Path, cmd: QueueCommand) -> Result<()> {
                     );
                 }
             }
+        }
+        QueueCommand::Show { id } => {
+            let Some(e) = store.queue_entry(store::QueueId(id)).await? else {
+                anyhow::bail!("no queued message {id}");
+            };
+            let sender = e
+                .sender
+                .as_ref()
+                .map_or("<>".to_string(), ToString::to_string);
+            println!("id:          {}", e.id);
+            println!("from:        {sender}");
+            println!("size:        {} bytes", e.size);
+            println!("queued:      {}", unix_time(e.created_at));
+            println!("expires:     {}", unix_time(e.expires_at));
+            println!("attempts:    {}", e.attempts);
+            println!("next:        {}", unix_time(e.next_attempt));
+            if let (Some(node), Some(until)) = (&e.claimed_by, e.claimed_until) {
+                println!("claimed by:  {node} until {}", unix_time(until));
+            }
+            for r in &e.recipients {
+                println!(
+                    "to {}: {} after {} attempt(s), next {}",
+                    r.address,
+                    r.state.as_str(),
+                    r.attempts,
+                    unix_time(r.next_attempt)
+                );
+                if let Some(error) = &r.last_error {
+                    println!("    last error: {error}");
+                }
+            }
+        }
+        QueueCommand::Retry { id } => {
+            if store.retry_queued_now(Some(store::QueueId(id))).await? == 0 {
+                anyhow::bail!("no queued message {id} with a pending recipient");
+            }
+            println!("queued message {id} is due now");
+        }
+        QueueCommand::Remove { id } => {
+            if !store.remove_queued(store::QueueId(id)).await? {
+                anyhow::bail!("no queued message {id}");
+            }
+            println!("removed queued message {id}");
+        }
+        QueueCommand::Flush => {
+            let n = store.retry_queued_now(None).await?;
+            println!("{n} queued message(s) due now");
         }
     }
     Ok(())

@@ -45,6 +45,60 @@ pub struct ConfigFile {
     /// Logging.
     #[serde(default)]
     pub log: LogFile,
+    /// DNS records.
+    #[serde(default)]
+    pub dns: DnsFile,
+    /// Outbound delivery (the queue worker).
+    #[serde(default)]
+    pub outbound: OutboundFile,
+}
+
+/// `[outbound]`: how the queue worker delivers to other mail servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFile {
+    /// The SMTP port of remote servers. Default 25 (tests use a high port).
+    pub port: Option<u16>,
+    /// Extra trust roots (PEM), added to the system's bundle, for MTA-STS policy fetches and
+    /// MX certificate checks (a test or private CA). Relative to the config file. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// Local address to connect from (for SPF on multi-homed hosts). Default: the system's
+    /// choice.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Waits after failed attempts in seconds; entry `n` after the `n+1`-th attempt, the last
+    /// repeats. Default `[60, 300, 900, 1800, 3600, 7200, 14400]` (then every 4 hours).
+    pub retry_schedule_secs: Option<Vec<u64>>,
+    /// Give up (and bounce) this many hours after queueing. Default 120 (5 days).
+    pub max_lifetime_hours: Option<u64>,
+    /// How long a worker's claim on a message holds, in seconds: after a crash, the message
+    /// waits this long before another attempt. Default 900.
+    pub lease_secs: Option<u64>,
+}
+
+/// Resolved `[outbound]` settings; `None` keeps the worker's default.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundSettings {
+    /// Remote SMTP port.
+    pub port: Option<u16>,
+    /// Extra PEM trust roots (absolute path).
+    pub ca_file: Option<PathBuf>,
+    /// Source address.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Retry waits.
+    pub retry_schedule: Option<Vec<Duration>>,
+    /// Queue lifetime.
+    pub max_lifetime: Option<Duration>,
+    /// Claim lease.
+    pub lease: Option<Duration>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// The mail host's public addresses, published as its A/AAAA records (and needing PTR
+    /// records), e.g. `["203.0.113.5", "2001:db8::5"]`. Default: detected, with a note.
+    pub addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 /// `[smtp]`.
@@ -223,6 +277,10 @@ pub struct Config {
     pub mta_sts_max_age: u64,
     /// Log filter.
     pub log_level: String,
+    /// The mail host's public addresses from `[dns] addresses` (empty = not configured).
+    pub dns_addresses: Vec<std::net::IpAddr>,
+    /// Outbound delivery settings.
+    pub outbound: OutboundSettings,
 }
 
 /// What a listener serves.
@@ -396,6 +454,38 @@ impl Config {
             dmarc_reject: file.smtp.dmarc_reject.unwrap_or(true),
         };
 
+        let o = &file.outbound;
+        if o.port == Some(0) {
+            bail!("{}: key `outbound.port` must not be 0", path.display());
+        }
+        if let Some(schedule) = &o.retry_schedule_secs
+            && (schedule.is_empty() || schedule.contains(&0))
+        {
+            bail!(
+                "{}: key `outbound.retry_schedule_secs` must list at least one wait, each at least 1 second",
+                path.display()
+            );
+        }
+        if o.max_lifetime_hours == Some(0) || o.lease_secs == Some(0) {
+            bail!(
+                "{}: keys `outbound.max_lifetime_hours` and `outbound.lease_secs` must be at least 1",
+                path.display()
+            );
+        }
+        let outbound = OutboundSettings {
+            port: o.port,
+            ca_file: o.ca_file.as_deref().map(resolve),
+            source_ip: o.source_ip,
+            retry_schedule: o
+                .retry_schedule_secs
+                .as_ref()
+                .map(|s| s.iter().copied().map(Duration::from_secs).collect()),
+            max_lifetime: o
+                .max_lifetime_hours
+                .map(|h| Duration::from_secs(h.saturating_mul(3600))),
+            lease: o.lease_secs.map(Duration::from_secs),
+        };
+
         let mta_sts_max_age = file.web.mta_sts_max_age.unwrap_or(604_800);
         if !(86_400..=31_557_600).contains(&mta_sts_max_age) {
             bail!(
@@ -422,6 +512,8 @@ impl Config {
             max_connections_per_ip,
             throttle,
             log_level: file.log.level.unwrap_or_else(|| "info".into()),
+            dns_addresses: file.dns.addresses.unwrap_or_default(),
+            outbound,
         })
     }
 }
@@ -476,6 +568,58 @@ mod tests {
         let e = parse("hostname = \"mail.example.org\"\n[web]\nmta_sts_mode = \"strict\"\n")
             .expect_err("bad mode");
         assert!(format!("{e:#}").contains("mta_sts_mode"), "{e:#}");
+    }
+
+    #[test]
+    fn outbound_settings() {
+        let c = parse("hostname = \"mail.example.org\"\n").expect("valid");
+        assert!(c.outbound.port.is_none() && c.outbound.ca_file.is_none());
+        assert!(c.outbound.retry_schedule.is_none() && c.outbound.lease.is_none());
+        let c = parse(
+            "hostname = \"mail.example.org\"\n[outbound]\nport = 2525\nca_file = \"ca.pem\"\nsource_ip = \"192.0.2.7\"\nretry_schedule_secs = [1, 30]\nmax_lifetime_hours = 2\nlease_secs = 10\n",
+        )
+        .expect("valid");
+        let o = &c.outbound;
+        assert_eq!(o.port, Some(2525));
+        assert_eq!(o.ca_file, Some(PathBuf::from("/etc/tessera/ca.pem")));
+        assert_eq!(o.source_ip, Some("192.0.2.7".parse().expect("ip")));
+        assert_eq!(
+            o.retry_schedule,
+            Some(vec![Duration::from_secs(1), Duration::from_secs(30)])
+        );
+        assert_eq!(o.max_lifetime, Some(Duration::from_secs(7200)));
+        assert_eq!(o.lease, Some(Duration::from_secs(10)));
+        for bad in [
+            "port = 0",
+            "retry_schedule_secs = []",
+            "retry_schedule_secs = [0]",
+            "lease_secs = 0",
+            "max_lifetime_hours = 0",
+            "smtp_port = 25",
+        ] {
+            let e = parse(&format!(
+                "hostname = \"mail.example.org\"\n[outbound]\n{bad}\n"
+            ))
+            .expect_err(bad);
+            assert!(
+                format!("{e:#}").contains("outbound") || format!("{e:#}").contains("smtp_port"),
+                "{bad}: {e:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn dns_addresses() {
+        let c = parse("hostname = \"mail.example.org\"\n").expect("valid");
+        assert!(c.dns_addresses.is_empty());
+        let c = parse(
+            "hostname = \"mail.example.org\"\n[dns]\naddresses = [\"203.0.113.5\", \"2001:db8::5\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.dns_addresses.len(), 2);
+        let e = parse("hostname = \"mail.example.org\"\n[dns]\naddresses = [\"nope\"]\n")
+            .expect_err("bad address");
+        assert!(format!("{e:#}").contains("addresses"), "{e:#}");
     }
 
     #[test]

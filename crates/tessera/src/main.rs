@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod dns_cmd;
 mod server;
 
 use std::path::PathBuf;
@@ -42,6 +43,12 @@ enum Command {
     /// Inspect the outbound queue.
     #[command(subcommand)]
     Queue(admin::QueueCommand),
+    /// The DNS records a domain needs, and a live check of them.
+    #[command(subcommand)]
+    Dns(dns_cmd::DnsCommand),
+    /// Manage DKIM signing keys.
+    #[command(subcommand)]
+    Dkim(dns_cmd::DkimCommand),
     /// Check the configuration file and print the resolved settings.
     CheckConfig,
 }
@@ -99,5 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => admin::user(&config_path, cmd).await,
         Command::Alias(cmd) => admin::alias(&config_path, cmd).await,
         Command::Queue(cmd) => admin::queue(&config_path, cmd).await,
+        Command::Dns(cmd) => dns_cmd::dns(&config_path, cmd).await,
+        Command::Dkim(cmd) => dns_cmd::dkim(&config_path, cmd).await,
     }
 }

@@ -94,6 +94,14 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
     };
     let reloader =
         (!config.certificates.is_empty()).then(|| certs.spawn_reloader(Duration::from_secs(10)));
+    let outbound = {
+        let mut outbound = smtp::outbound::OutboundConfig::new(&config.hostname);
+        outbound.resolver = config.smtp.resolver;
+        apply_outbound_settings(&mut outbound, &config.outbound)?;
+        smtp::outbound::Worker::new(store.clone(), outbound)
+            .context("cannot set up outbound delivery")?
+            .spawn(shutdown.clone())
+    };
 
     tracing::info!(hostname = %config.hostname, data_dir = %config.data_dir.display(), "tessera started");
     match banner {
@@ -112,8 +120,45 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         tracing::warn!("some sessions did not finish within {SHUTDOWN_GRACE:?}");
     }
     background.abort();
+    outbound.abort();
     if let Some(r) = reloader {
         r.abort();
+    }
+    Ok(())
+}
+
+/// Applies `[outbound]` over the worker's production defaults.
+fn apply_outbound_settings(
+    outbound: &mut smtp::outbound::OutboundConfig,
+    settings: &crate::config::OutboundSettings,
+) -> Result<()> {
+    if let Some(port) = settings.port {
+        outbound.smtp_port = port;
+    }
+    if let Some(ca_file) = &settings.ca_file {
+        let extra = smtp::outbound::load_roots(ca_file)
+            .with_context(|| format!("key `outbound.ca_file` ({})", ca_file.display()))?;
+        if extra.is_empty() {
+            anyhow::bail!(
+                "key `outbound.ca_file`: no certificate in {}",
+                ca_file.display()
+            );
+        }
+        let mut roots = (*outbound.tls_roots).clone();
+        roots.roots.extend(extra.roots);
+        outbound.tls_roots = Arc::new(roots);
+    }
+    if settings.source_ip.is_some() {
+        outbound.source_ip = settings.source_ip;
+    }
+    if let Some(schedule) = &settings.retry_schedule {
+        outbound.retry_schedule = schedule.clone();
+    }
+    if let Some(lifetime) = settings.max_lifetime {
+        outbound.max_lifetime = lifetime;
+    }
+    if let Some(lease) = settings.lease {
+        outbound.lease = lease;
     }
     Ok(())
 }
@@ -424,6 +469,9 @@ fn print_banner(b: &DemoBanner, bound: &[(Service, SocketAddr)], certs: &CertSto
     println!("  mail host  {DEMO_HOST} (certificates are issued for it and for {DEMO_DOMAIN})");
     println!("  login      {}", b.user);
     println!("  password   {}", b.password);
+    if let Some((_, addr)) = bound.iter().find(|(s, _)| *s == Service::Https) {
+        println!("  setup      https://{DEMO_HOST}:{}/setup", addr.port());
+    }
     if let Some(ca) = certs.ca_path() {
         println!("  CA         {} (trust it in your client)", ca.display());
     }

@@ -1,0 +1,3 @@
+//! Test support shared by the suites.
+
+pub mod nsd;
