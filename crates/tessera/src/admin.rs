@@ -131,14 +131,20 @@ async fn open_store(config_path: &Path) -> Result<Arc<SqliteStore>> {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
 }
 
+/// Hosts a domain and creates its DKIM keys (`domain add`, `quickstart`); returns the
+/// keys' selectors.
+pub(crate) async fn add_domain(store: &dyn Store, domain: &Domain) -> Result<Vec<String>> {
+    store.add_domain(domain).await?;
+    crate::dns_cmd::create_dkim_keys(store, domain).await
+}
+
 /// Runs a `domain` command.
 pub async fn domain(config_path: &Path, cmd: DomainCommand) -> Result<()> {
     let store = open_store(config_path).await?;
     match cmd {
         DomainCommand::Add { name } => {
             let domain = Domain::parse(&name)?;
-            store.add_domain(&domain).await?;
-            let selectors = crate::dns_cmd::create_dkim_keys(&*store, &domain).await?;
+            let selectors = add_domain(&*store, &domain).await?;
             println!("added domain {domain} (DKIM keys {})", selectors.join(", "));
             println!("DNS records to publish: tessera dns records {domain}");
         }

@@ -186,6 +186,20 @@ fn date(unix: i64) -> String {
 
 /// The plan of a hosted domain from the configuration and the store.
 async fn plan(config: &Config, store: &dyn Store, domain: &Domain) -> Result<dns::Plan> {
+    Ok(plan_with_keys(
+        config,
+        domain,
+        store.dkim_keys(domain).await?,
+    ))
+}
+
+/// The plan of a domain from the configuration and its DKIM keys (`dns records`, and
+/// `quickstart`, which also plans before anything is stored).
+pub(crate) fn plan_with_keys(
+    config: &Config,
+    domain: &Domain,
+    dkim_keys: Vec<store::DkimKey>,
+) -> dns::Plan {
     let (addresses, detected) = if config.dns_addresses.is_empty() {
         let found = detect_public_addresses();
         let detected = !found.is_empty();
@@ -207,12 +221,12 @@ async fn plan(config: &Config, store: &dyn Store, domain: &Domain) -> Result<dns
             .find(|l| l.service == service)
             .map_or(0, |l| l.addr.port())
     };
-    Ok(dns::Plan::new(&dns::PlanInput {
+    dns::Plan::new(&dns::PlanInput {
         domain: domain.clone(),
         mail_host: config.hostname.clone(),
         addresses,
         addresses_detected: detected,
-        dkim_keys: store.dkim_keys(domain).await?,
+        dkim_keys,
         mta_sts: dns::MtaStsPolicy { text: policy, id },
         ports: dns::ClientPorts {
             imaps: port(Service::Imaps),
@@ -225,12 +239,12 @@ async fn plan(config: &Config, store: &dyn Store, domain: &Domain) -> Result<dns
         },
         // ACME (Let's Encrypt) is the preferred certificate source; the record is optional.
         caa_issuer: Some("letsencrypt.org".into()),
-    }))
+    })
 }
 
 /// This machine's public addresses: the source address the kernel would use towards a
 /// global destination, kept only when it is itself global. No packet is sent (UDP connect).
-fn detect_public_addresses() -> Vec<IpAddr> {
+pub(crate) fn detect_public_addresses() -> Vec<IpAddr> {
     let probes: [(&str, &str); 2] = [
         ("0.0.0.0:0", "192.0.2.1:53"),
         ("[::]:0", "[2001:db8::1]:53"),

@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod dns_cmd;
+mod quickstart;
 mod server;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ enum Command {
     Dkim(dns_cmd::DkimCommand),
     /// Check the configuration file and print the resolved settings.
     CheckConfig,
+    /// Set up a real deployment in one command: config, domain, DKIM keys, admin account,
+    /// systemd unit, and the DNS records to create.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,5 +112,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(cmd) => admin::queue(&config_path, cmd).await,
         Command::Dns(cmd) => dns_cmd::dns(&config_path, cmd).await,
         Command::Dkim(cmd) => dns_cmd::dkim(&config_path, cmd).await,
+        Command::Quickstart(args) => quickstart::quickstart(&config_path, args).await,
     }
 }
