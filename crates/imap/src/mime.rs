@@ -159,6 +159,22 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
     out
 }
 
+/// Where a message's header block ends (its empty line included), as [`MimeMessage::parse`]
+/// ends the root part's header; `None` when `bytes` has no empty line (the whole message is
+/// header, or `bytes` is only the start of a message).
+pub fn header_end(bytes: &[u8]) -> Option<usize> {
+    let mut p = 0;
+    while p < bytes.len() {
+        let le = line_end(bytes, p);
+        let line = &bytes[p..le];
+        if line == b"\n" || line == b"\r\n" {
+            return Some(le);
+        }
+        p = le;
+    }
+    None
+}
+
 /// A field's value on one line: line breaks removed, a TAB that starts a continuation line
 /// turned into a space, leading whitespace dropped (trailing whitespace is kept, as Dovecot
 /// keeps it).

@@ -21,6 +21,29 @@ pub fn needs_message(key: &SearchKey) -> bool {
     }
 }
 
+/// Whether a key needs message bodies, not only header blocks (`BODY`, `TEXT`). When
+/// [`needs_message`] holds but this does not, [`Candidate::raw`] may be the header block alone.
+pub fn needs_body(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.iter().any(needs_body),
+        SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        SearchKey::Not(a) => needs_body(a),
+        SearchKey::Body(_) | SearchKey::Text(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a key needs sizes or INTERNALDATE (`LARGER`, `SMALLER`, `BEFORE`, `ON`, `SINCE`).
+pub fn needs_details(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.iter().any(needs_details),
+        SearchKey::Or(a, b) => needs_details(a) || needs_details(b),
+        SearchKey::Not(a) => needs_details(a),
+        SearchKey::Larger(_) | SearchKey::Smaller(_) | SearchKey::Date(..) => true,
+        _ => false,
+    }
+}
+
 /// Whether the key uses `MODSEQ` (RFC 7162 §3.1.5: the response then carries the highest
 /// MODSEQ of the matches).
 pub fn uses_modseq(key: &SearchKey) -> bool {
@@ -53,7 +76,8 @@ pub struct Candidate<'a> {
     pub internal_date: (i64, i32),
     /// MODSEQ.
     pub modseq: u64,
-    /// The raw message, when a key needs it.
+    /// The raw message, when a key needs it (only its header block when no key needs the
+    /// body, see [`needs_body`]).
     pub raw: Option<&'a [u8]>,
 }
 
@@ -113,8 +137,7 @@ fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
 }
 
 fn header_len(raw: &[u8]) -> usize {
-    let m = mime::MimeMessage::parse(raw.to_vec());
-    m.root.header.end
+    mime::header_end(raw).unwrap_or(raw.len())
 }
 
 /// The decoded text of every part SEARCH BODY looks at: text/* and message/* leaves, and parts

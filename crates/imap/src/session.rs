@@ -117,6 +117,9 @@ struct Selected {
     /// with a MODSEQ up to it is reflected there (expunges at least marked). Read from
     /// the store *before* the messages, so a concurrent change is re-read, never missed.
     highest_modseq: u64,
+    /// `size`, `date` and `tz` of `msgs` are filled in (SELECT leaves them out; messages
+    /// added later always have them).
+    details: bool,
 }
 
 /// What reading a command produced.
@@ -725,7 +728,8 @@ impl Session<'_> {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
         };
         let account = self.account_id()?;
-        let metas = self.server.store.messages(account, info.id).await?;
+        // Lean: no sizes or dates (loaded by `ensure_details` when a command needs them).
+        let metas = self.server.store.message_flags(account, info.id).await?;
         let max_uid = metas.last().map_or(0, |m| m.uid.0);
         let claimed = self.server.claim_recent(info.id, max_uid, !examine);
         let mut keywords = BTreeSet::new();
@@ -736,9 +740,9 @@ impl Session<'_> {
                 Msg {
                     uid: m.uid.0,
                     message: m.message,
-                    size: m.size,
-                    date: m.internal_date,
-                    tz: m.tz_offset_minutes,
+                    size: 0,
+                    date: 0,
+                    tz: 0,
                     flags: m.flags,
                     modseq: m.modseq.0,
                     recent: m.uid.0 > claimed,
@@ -784,6 +788,7 @@ impl Session<'_> {
             dirty: false,
             keywords,
             highest_modseq,
+            details: false,
         });
         self.state = State::Selected;
         if let Some(q) = qresync
@@ -1489,6 +1494,38 @@ impl Session<'_> {
 
     // ------------------------------------------------------------ selected: commands
 
+    /// Fills in the sizes and dates SELECT left out (RFC822.SIZE, INTERNALDATE, SEARCH
+    /// LARGER/SMALLER/BEFORE/ON/SINCE). Messages gone from the store keep zeros: they are
+    /// expunged and never answered with those values.
+    async fn ensure_details(&mut self) -> Result<(), CmdError> {
+        let account = self.account_id()?;
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        if sel.details {
+            return Ok(());
+        }
+        let metas = self.server.store.messages(account, sel.id).await?;
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        let mut it = metas.into_iter().peekable();
+        for m in &mut sel.msgs {
+            while it.peek().is_some_and(|f| f.uid.0 < m.uid) {
+                it.next();
+            }
+            if let Some(f) = it.peek()
+                && f.uid.0 == m.uid
+            {
+                m.size = f.size;
+                m.date = f.internal_date;
+                m.tz = f.tz_offset_minutes;
+            }
+        }
+        sel.details = true;
+        Ok(())
+    }
+
     /// Indices (seq - 1) of the messages a set names; UID sets skip missing UIDs.
     fn resolve_set(&self, set: &SeqSet, uid: bool) -> Result<Vec<usize>, CmdError> {
         let sel = self
@@ -1798,6 +1835,9 @@ impl Session<'_> {
         }
         let account = self.account_id()?;
         let needs = search::needs_message(key);
+        if search::needs_details(key) {
+            self.ensure_details().await?;
+        }
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
         let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
         let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
@@ -1808,10 +1848,49 @@ impl Session<'_> {
             .filter(|(_, m)| !m.expunged)
             .map(|(i, m)| (i, m.clone()))
             .collect();
+        let headers_only = needs && !search::needs_body(key);
+        let sel_id = sel.id;
         let mut hits: Vec<u32> = Vec::new();
         let mut hit_modseq = 0u64;
-        for (i, m) in candidates {
-            let raw = if needs {
+        // Header keys only: header blocks, a chunk of UIDs per query, no bodies.
+        let mut heads: std::collections::VecDeque<(Uid, Vec<u8>)> = Default::default();
+        for (k, (i, m)) in candidates.iter().enumerate() {
+            let raw = if headers_only {
+                if heads.front().is_none_or(|(u, _)| u.0 < m.uid) {
+                    heads.clear();
+                    let last = candidates[(k + SEARCH_CHUNK - 1).min(candidates.len() - 1)]
+                        .1
+                        .uid;
+                    heads = self
+                        .server
+                        .store
+                        .message_headers(account, sel_id, Uid(m.uid), Uid(last), HEADER_MAX)
+                        .await?
+                        .into();
+                }
+                while heads.front().is_some_and(|(u, _)| u.0 < m.uid) {
+                    heads.pop_front();
+                }
+                match heads.pop_front() {
+                    Some((u, head)) if u.0 == m.uid => {
+                        if whole_header(&head, m.size) {
+                            Some(head)
+                        } else {
+                            match self.server.store.read_message(account, m.message).await {
+                                Ok(r) => Some(r),
+                                Err(StoreError::NotFound(_)) => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                    // Gone from the store already.
+                    Some(other) => {
+                        heads.push_front(other);
+                        continue;
+                    }
+                    None => continue,
+                }
+            } else if needs {
                 match self.server.store.read_message(account, m.message).await {
                     Ok(r) => Some(r),
                     Err(StoreError::NotFound(_)) => continue,
@@ -1820,6 +1899,7 @@ impl Session<'_> {
             } else {
                 None
             };
+            let (i, m) = (*i, m);
             let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
             let c = search::Candidate {
                 seq,
@@ -1903,6 +1983,12 @@ impl Session<'_> {
             self.enable_condstore();
         }
         let account = self.account_id()?;
+        if attrs
+            .iter()
+            .any(|a| matches!(a, FetchAttr::InternalDate | FetchAttr::Rfc822Size))
+        {
+            self.ensure_details().await?;
+        }
         let mut idx = self.resolve_set(set, uid)?;
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
         if let Some(since) = changed_since {
@@ -1948,6 +2034,20 @@ impl Session<'_> {
                     | FetchAttr::ModSeq
             )
         });
+        // Only the root header of the message is used.
+        let header_only = needs_body
+            && attrs.iter().all(|a| {
+                matches!(
+                    a,
+                    FetchAttr::Flags
+                        | FetchAttr::InternalDate
+                        | FetchAttr::Rfc822Size
+                        | FetchAttr::Uid
+                        | FetchAttr::ModSeq
+                        | FetchAttr::Envelope
+                        | FetchAttr::Rfc822Header
+                )
+            });
         let sets_seen = !read_only
             && attrs.iter().any(|a| match a {
                 FetchAttr::BodySection { peek, .. } | FetchAttr::Binary { peek, .. } => !peek,
@@ -1991,7 +2091,27 @@ impl Session<'_> {
                 failed = true;
                 continue;
             }
-            let parsed = if needs_body {
+            let parsed = if header_only {
+                // ENVELOPE / RFC822.HEADER: the header block is all that is read.
+                let head = match self
+                    .server
+                    .store
+                    .read_message_header(account, m.message, HEADER_MAX)
+                    .await
+                {
+                    Ok(h) if whole_header(&h, m.size) => Ok(h),
+                    Ok(_) => self.server.store.read_message(account, m.message).await,
+                    Err(e) => Err(e),
+                };
+                match head {
+                    Ok(bytes) => Some(MimeMessage::parse(bytes)),
+                    Err(StoreError::NotFound(_)) => {
+                        failed = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else if needs_body {
                 match self.server.store.read_message(account, m.message).await {
                     Ok(bytes) => Some(MimeMessage::parse(bytes)),
                     Err(StoreError::NotFound(_)) => {
@@ -2125,6 +2245,17 @@ impl Session<'_> {
         }
         Ok("FETCH completed".into())
     }
+}
+
+/// UIDs per header query of SEARCH.
+const SEARCH_CHUNK: usize = 512;
+/// How much of a message is read for its header block before falling back to all of it.
+const HEADER_MAX: usize = 16 * 1024;
+
+/// Whether `head` (from [`store::Store::read_message_header`]) holds a whole header block:
+/// it ends with the empty line, or it is the whole message.
+fn whole_header(head: &[u8], size: u64) -> bool {
+    mime::header_end(head).is_some() || head.len() as u64 == size
 }
 
 fn binary_error(e: mime::BinaryError) -> CmdError {

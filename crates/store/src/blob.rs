@@ -167,6 +167,18 @@ impl BlobStore {
         fs::read(&path).map_err(|e| blob_err(&path, e))
     }
 
+    /// Reads at most `max` bytes from the start of a blob (its header, usually). Blocking.
+    pub fn read_prefix(&self, hash: &BlobHash, max: usize) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read as _;
+        let path = self.path(hash);
+        let file = fs::File::open(&path).map_err(|e| blob_err(&path, e))?;
+        let mut out = Vec::with_capacity(max.min(64 * 1024));
+        file.take(u64::try_from(max).unwrap_or(u64::MAX))
+            .read_to_end(&mut out)
+            .map_err(|e| blob_err(&path, e))?;
+        Ok(out)
+    }
+
     /// Every blob hash present on disk (for consistency checks and garbage collection). Blocking.
     pub fn list(&self) -> Result<Vec<BlobHash>, StoreError> {
         let mut out = Vec::new();

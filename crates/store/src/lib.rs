@@ -156,6 +156,19 @@ pub struct MessageMeta {
     pub modseq: ModSeq,
 }
 
+/// One message of a mailbox without its size and dates (a lean listing for IMAP SELECT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFlags {
+    /// UID in this mailbox.
+    pub uid: Uid,
+    /// The stored body.
+    pub message: MessageId,
+    /// Flags.
+    pub flags: Flags,
+    /// The message's MODSEQ.
+    pub modseq: ModSeq,
+}
+
 /// A message to append.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -223,6 +236,17 @@ pub struct GarbageReport {
     pub messages: u64,
     /// Bodies (inline rows and files) nothing referred to any more.
     pub blobs: u64,
+}
+
+/// How much of `bytes` [`Store::read_message_header`] returns: up to and including the first
+/// CRLF CRLF, at most `max`.
+pub fn header_prefix_len(bytes: &[u8], max: usize) -> usize {
+    let limit = bytes.len().min(max);
+    bytes
+        .windows(4)
+        .take(limit.saturating_sub(3))
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(limit, |p| p + 4)
 }
 
 /// The current time as Unix seconds.
@@ -332,8 +356,64 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Result<Appended>>>;
     /// The messages of a mailbox in UID order.
     async fn messages(&self, account: AccountId, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// The messages of a mailbox in UID order with only UID, body id, flags and MODSEQ
+    /// (what SELECT needs; sizes and dates come from [`Store::messages`] when wanted).
+    async fn message_flags(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+    ) -> Result<Vec<MessageFlags>> {
+        Ok(self
+            .messages(account, mailbox)
+            .await?
+            .into_iter()
+            .map(|m| MessageFlags {
+                uid: m.uid,
+                message: m.message,
+                flags: m.flags,
+                modseq: m.modseq,
+            })
+            .collect())
+    }
     /// The raw bytes of a stored message of this account.
     async fn read_message(&self, account: AccountId, message: MessageId) -> Result<Vec<u8>>;
+    /// The start of a stored message of this account, for its header block: the bytes up to
+    /// and including the first empty line (CRLF CRLF), at most `max` bytes, or the whole
+    /// message when it is shorter. Callers check that they got a whole header (an empty line,
+    /// or every byte of the message) and fall back to [`Store::read_message`] otherwise.
+    async fn read_message_header(
+        &self,
+        account: AccountId,
+        message: MessageId,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        let mut bytes = self.read_message(account, message).await?;
+        bytes.truncate(header_prefix_len(&bytes, max));
+        Ok(bytes)
+    }
+    /// [`Store::read_message_header`] of each message of a mailbox with a UID in
+    /// `first..=last`, in UID order (SEARCH on header fields without reading bodies).
+    async fn message_headers(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        first: Uid,
+        last: Uid,
+        max: usize,
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for m in self.messages(account, mailbox).await? {
+            if m.uid < first || m.uid > last {
+                continue;
+            }
+            match self.read_message_header(account, m.message, max).await {
+                Ok(h) => out.push((m.uid, h)),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
     /// Changes flags of the given UIDs (missing UIDs are skipped); returns the new state
     /// of each changed message.
     async fn store_flags(

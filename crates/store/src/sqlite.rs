@@ -168,6 +168,26 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
     }
 
+    /// The header prefixes ([`Store::read_message_header`]) of bodies stored as files, read
+    /// on one blocking thread.
+    async fn read_header_files(&self, hashes: Vec<String>, max: usize) -> Result<Vec<Vec<u8>>> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            hashes
+                .iter()
+                .map(|hex| {
+                    let hash = BlobHash::from_hex(hex)
+                        .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hex}")))?;
+                    let mut bytes = blobs.read_prefix(&hash, max)?;
+                    bytes.truncate(crate::header_prefix_len(&bytes, max));
+                    Ok(bytes)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
+    }
+
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
@@ -220,6 +240,16 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// The header prefix of an inline body (`ib.data`) for [`Store::read_message_header`], with
+/// the limit as its (first) parameter: up to and including the first CRLF CRLF, at most the limit.
+macro_rules! header_prefix {
+    () => {
+        "substr(ib.data, 1, min(?, \
+         CASE WHEN instr(ib.data, X'0D0A0D0A') > 0 THEN instr(ib.data, X'0D0A0D0A') + 3 \
+         ELSE length(ib.data) END))"
+    };
 }
 
 // ---------------------------------------------------------------------------
@@ -1877,6 +1907,32 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn message_flags(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+    ) -> Result<Vec<crate::MessageFlags>> {
+        let rows = sqlx::query(
+            "SELECT mm.uid, mm.message_id, mm.flags, mm.keywords, mm.modseq \
+             FROM mailbox_messages mm JOIN mailboxes b ON b.id = mm.mailbox_id \
+             WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid",
+        )
+        .bind(mailbox.0)
+        .bind(account.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::MessageFlags {
+                    uid: Uid(int(r.try_get(0)?)?),
+                    message: MessageId(r.try_get(1)?),
+                    flags: Flags::from_stored(r.try_get(2)?, r.try_get::<&str, _>(3)?),
+                    modseq: ModSeq(int(r.try_get(4)?)?),
+                })
+            })
+            .collect()
+    }
+
     async fn read_message(&self, account: AccountId, message: MessageId) -> Result<Vec<u8>> {
         let hash: String =
             sqlx::query_scalar("SELECT blob_hash FROM messages WHERE id = ? AND account_id = ?")
@@ -1886,6 +1942,79 @@ impl Store for SqliteStore {
                 .await?
                 .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
         self.read_body(&hash).await
+    }
+
+    async fn read_message_header(
+        &self,
+        account: AccountId,
+        message: MessageId,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        let row = sqlx::query(concat!(
+            "SELECT m.blob_hash, ",
+            header_prefix!(),
+            " FROM messages m LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash \
+             WHERE m.id = ? AND m.account_id = ?"
+        ))
+        .bind(db_u64(max as u64)?)
+        .bind(message.0)
+        .bind(account.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
+        let hash: String = row.try_get(0)?;
+        match row.try_get::<Option<Vec<u8>>, _>(1)? {
+            Some(data) => Ok(data),
+            None => {
+                let mut files = self.read_header_files(vec![hash], max).await?;
+                Ok(files.pop().unwrap_or_default())
+            }
+        }
+    }
+
+    async fn message_headers(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        first: Uid,
+        last: Uid,
+        max: usize,
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        let rows = sqlx::query(concat!(
+            "SELECT mm.uid, m.blob_hash, ",
+            header_prefix!(),
+            " FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id \
+             JOIN mailboxes b ON b.id = mm.mailbox_id \
+             LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash \
+             WHERE mm.mailbox_id = ? AND b.account_id = ? AND mm.uid BETWEEN ? AND ? ORDER BY mm.uid"
+        ))
+        .bind(db_u64(max as u64)?)
+        .bind(mailbox.0)
+        .bind(account.0)
+        .bind(i64::from(first.0))
+        .bind(i64::from(last.0))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut from_files = Vec::new();
+        for r in &rows {
+            let uid = Uid(int(r.try_get(0)?)?);
+            match r.try_get::<Option<Vec<u8>>, _>(2)? {
+                Some(data) => out.push((uid, data)),
+                None => {
+                    from_files.push((out.len(), r.try_get::<String, _>(1)?));
+                    out.push((uid, Vec::new()));
+                }
+            }
+        }
+        if !from_files.is_empty() {
+            let hashes = from_files.iter().map(|(_, h)| h.clone()).collect();
+            let heads = self.read_header_files(hashes, max).await?;
+            for ((i, _), head) in from_files.into_iter().zip(heads) {
+                out[i].1 = head;
+            }
+        }
+        Ok(out)
     }
 
     async fn store_flags(

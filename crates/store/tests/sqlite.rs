@@ -807,3 +807,82 @@ async fn reopening_keeps_everything() {
     assert_eq!(inbox.uid_next, Uid(2));
     assert_eq!(store.messages(alice, inbox.id).await.expect("l").len(), 1);
 }
+
+#[tokio::test]
+async fn header_reads_and_lean_listing_match_the_full_reads() {
+    let (_dir, store) = open().await;
+    let account = with_user(&*store, "hdr@example.org", &hash()).await;
+    let inbox = store
+        .mailbox(account, "INBOX")
+        .await
+        .expect("query")
+        .expect("inbox")
+        .id;
+    let big_body = "x".repeat(store::INLINE_BODY_MAX + 10);
+    let bodies = [
+        "Subject: small\r\nFrom: a@b\r\n\r\nbody\r\n\r\nmore\r\n".to_string(),
+        format!("Subject: large\r\n\r\n{big_body}\r\n"),
+        "Subject: no body at all\r\n".to_string(),
+        format!("Subject: {}\r\n\r\nx\r\n", "long ".repeat(100)),
+    ];
+    for b in &bodies {
+        store
+            .append(account, inbox, NewMessage::now(b.clone().into_bytes()))
+            .await
+            .expect("append");
+    }
+    let metas = store.messages(account, inbox).await.expect("messages");
+    let lean = store.message_flags(account, inbox).await.expect("lean");
+    assert_eq!(lean.len(), metas.len());
+    for (l, m) in lean.iter().zip(&metas) {
+        assert_eq!(
+            (l.uid, l.message, &l.flags, l.modseq),
+            (m.uid, m.message, &m.flags, m.modseq)
+        );
+    }
+    let max = 64;
+    let expected: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| {
+            let b = b.as_bytes();
+            b[..store::header_prefix_len(b, max)].to_vec()
+        })
+        .collect();
+    assert_eq!(expected[0], b"Subject: small\r\nFrom: a@b\r\n\r\n");
+    assert_eq!(expected[2], b"Subject: no body at all\r\n");
+    assert_eq!(expected[3].len(), max);
+    for (m, want) in metas.iter().zip(&expected) {
+        let got = store
+            .read_message_header(account, m.message, max)
+            .await
+            .expect("header");
+        assert_eq!(&got, want);
+    }
+    let all = store
+        .message_headers(account, inbox, Uid(1), Uid(u32::MAX), max)
+        .await
+        .expect("headers");
+    let got: Vec<Vec<u8>> = all.iter().map(|(_, h)| h.clone()).collect();
+    assert_eq!(got, expected);
+    let some = store
+        .message_headers(account, inbox, metas[1].uid, metas[2].uid, max)
+        .await
+        .expect("headers");
+    assert_eq!(some.len(), 2);
+    assert_eq!(some[0].0, metas[1].uid);
+    // Another account sees nothing.
+    let other = with_user(&*store, "other@example.org", &hash()).await;
+    assert!(
+        store
+            .read_message_header(other, metas[0].message, max)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .message_headers(other, inbox, Uid(1), Uid(u32::MAX), max)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+}
