@@ -13,6 +13,7 @@ Prints a table: messages/s and MB/s (median of the runs) and the ratio to the la
 """
 
 import argparse
+import json
 import socket
 import ssl
 import statistics
@@ -91,6 +92,7 @@ def main():
     ap.add_argument("--user", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", help="also write the summary as JSON to this file")
     ap.add_argument("servers", nargs="+", help="NAME=PORT")
     args = ap.parse_args()
 
@@ -118,6 +120,9 @@ def main():
             "login": statistics.median(r["login"] for r in runs) * 1000,
         }
     reference = list(summary)[-1]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"runs": args.runs, "servers": summary}, f, indent=1)
     print()
     print(f"median of {args.runs} runs; ratio = server / {reference}")
     print(f"{'server':>8} | {'messages':>8} | {'MB':>6} | {'msgs/s':>8} | {'MB/s':>7} | "
