@@ -13,19 +13,15 @@
 
 #[path = "../../dns/tests/support/nsd.rs"]
 mod nsd;
+mod outbound_support;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nsd::{Nsd, zone_header};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
-
-/// Longest wait for a listener to open.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+use outbound_support::{Instance, START_TIMEOUT, free_port_on};
 
 const ALICE: (&str, &str) = ("alice@a.test", "alice password");
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -33,205 +29,6 @@ const POSTFIX_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 const BOB: &str = "bob@b.test";
 /// Owner of the maildir Postfix's virtual(8) agent writes (Debian's `nobody`).
 const MAIL_UID: u32 = 65534;
-
-fn py(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/py")
-        .join(name)
-}
-
-/// A TCP port free on every one of `ips` (loopback addresses).
-fn free_port_on(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind a loopback address");
-        let port = first.local_addr().expect("addr").port();
-        if ips[1..]
-            .iter()
-            .all(|ip| TcpListener::bind((*ip, port)).is_ok())
-        {
-            return port;
-        }
-    }
-    panic!("no port free on all of {ips:?}");
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tessera");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for tessera")
-}
-
-fn ok(config: &Path, args: &[&str], stdin: &str) -> String {
-    let out = run(config, args, stdin);
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The sending Tessera instance (trimmed copy of the one in outbound_e2e.rs).
-struct Instance {
-    dir: PathBuf,
-    config: PathBuf,
-    ip: Ipv4Addr,
-    hostname: String,
-    submission: u16,
-    imap: u16,
-    /// Its own SMTP port, which is also `[outbound] port` (the remote's port).
-    smtp: u16,
-}
-
-impl Instance {
-    fn new(root: &Path, domain: &str, ip: Ipv4Addr, smtp: u16, user: (&str, &str)) -> Instance {
-        let dir = root.join(domain);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let instance = Instance {
-            config: dir.join("tessera.toml"),
-            dir,
-            ip,
-            hostname: format!("mail.{domain}"),
-            submission: free_port_on(&[ip]),
-            imap: free_port_on(&[ip]),
-            smtp,
-        };
-        instance.write_config(SocketAddr::from(([127, 0, 0, 1], 9)));
-        ok(&instance.config, &["domain", "add", domain], "");
-        ok(
-            &instance.config,
-            &["user", "add", user.0, "--password-stdin"],
-            &format!("{}\n", user.1),
-        );
-        instance
-    }
-
-    fn write_config(&self, resolver: SocketAddr) {
-        let ip = self.ip;
-        let off: String = ["submissions", "imaps", "pop3", "pop3s", "http", "https"]
-            .iter()
-            .map(|k| format!("{k} = \"off\"\n"))
-            .collect();
-        std::fs::write(
-            &self.config,
-            format!(
-                "hostname = \"{host}\"\ndata_dir = \"data\"\n\
-                 [listen]\nsmtp = \"{ip}:{smtp}\"\nsubmission = \"{ip}:{sub}\"\nimap = \"{ip}:{imap}\"\n{off}\
-                 [smtp]\nresolver = \"{resolver}\"\n\
-                 [auth]\nbase_delay_secs = 0\n\
-                 [dns]\naddresses = [\"{ip}\"]\n\
-                 [outbound]\nport = {smtp}\nsource_ip = \"{ip}\"\nretry_schedule_secs = [1]\nmax_lifetime_hours = 1\nlease_secs = 8\n",
-                host = self.hostname,
-                smtp = self.smtp,
-                sub = self.submission,
-                imap = self.imap,
-            ),
-        )
-        .expect("write config");
-    }
-
-    /// The zone `tessera dns records` prints, minus the MTA-STS TXT record.
-    fn zone(&self, domain: &str) -> String {
-        let records = ok(&self.config, &["dns", "records", domain], "");
-        let records: String = records
-            .lines()
-            .filter(|l| !l.starts_with("_mta-sts."))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        format!("{}{records}", zone_header(domain))
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("data/tls/ca.pem")
-    }
-
-    /// Starts `tessera serve` and waits until its listeners accept.
-    fn serve(&self) -> Guard {
-        let log = std::fs::File::create(self.dir.join("serve.log")).expect("log file");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tessera serve");
-        let mut guard = Guard(child);
-        let started = Instant::now();
-        for port in [self.smtp, self.submission, self.imap] {
-            while TcpStream::connect((self.ip, port)).is_err() {
-                if let Ok(Some(status)) = guard.0.try_wait() {
-                    panic!("tessera serve exited ({status}): {}", self.logs());
-                }
-                assert!(
-                    started.elapsed() < START_TIMEOUT,
-                    "{}:{port} never opened: {}",
-                    self.ip,
-                    self.logs()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        guard
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
-    }
-
-    /// Submits `message` over 587 with STARTTLS (trusting this instance's CA) and AUTH.
-    fn submit(&self, user: (&str, &str), to: &str, message: &[u8]) {
-        let file = self.dir.join("outgoing.eml");
-        std::fs::write(&file, message).expect("write message");
-        let out = Command::new("python3")
-            .arg(py("outbound_clients.py"))
-            .arg("submit")
-            .arg(self.ca())
-            .arg(&self.hostname)
-            .arg(self.ip.to_string())
-            .arg(self.submission.to_string())
-            .args([user.0, user.1, user.0, to])
-            .arg(&file)
-            .output()
-            .expect("run python3 (is it installed?)");
-        assert!(
-            out.status.success(),
-            "submission failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn queue_list(&self) -> String {
-        ok(&self.config, &["queue", "list"], "")
-    }
-}
 
 /// The `postfix` command (in /usr/sbin, which a non-login PATH may lack).
 fn postfix_bin() -> PathBuf {
@@ -457,7 +254,7 @@ fn delivers_to_postfix_as_the_remote_server() {
         ("b.test", b_zone),
         ("test", zone_header("test")),
     ]);
-    a.write_config(nsd.addr);
+    a.write_config(nsd.addr, "");
 
     let postfix = Postfix::start(root.path().join("postfix"), port);
     let _a_server = a.serve();
