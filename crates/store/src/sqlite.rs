@@ -140,6 +140,30 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// COPY, or MOVE when `remove_source` (RFC 6851: one transaction).
+    async fn copy_or_move(
+        &self,
+        account: AccountId,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Copied> {
+        match self
+            .submit(Op::Copy {
+                account,
+                from,
+                to,
+                uids: uids.to_vec(),
+                remove_source,
+            })
+            .await?
+        {
+            Output::Copied(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Hashes a body for the writer; large bodies are hashed on a blocking thread.
     async fn pending_blob(&self, bytes: Arc<Vec<u8>>) -> Result<PendingBlob> {
         if bytes.len() < 256 * 1024 {
@@ -2047,19 +2071,7 @@ impl Store for SqliteStore {
         uids: &[Uid],
         to: MailboxId,
     ) -> Result<Copied> {
-        match self
-            .submit(Op::Copy {
-                account,
-                from,
-                to,
-                uids: uids.to_vec(),
-                remove_source: false,
-            })
-            .await?
-        {
-            Output::Copied(c) => Ok(c),
-            _ => Err(unexpected()),
-        }
+        self.copy_or_move(account, from, uids, to, false).await
     }
 
     async fn move_messages(
@@ -2069,19 +2081,7 @@ impl Store for SqliteStore {
         uids: &[Uid],
         to: MailboxId,
     ) -> Result<Copied> {
-        match self
-            .submit(Op::Copy {
-                account,
-                from,
-                to,
-                uids: uids.to_vec(),
-                remove_source: true,
-            })
-            .await?
-        {
-            Output::Copied(c) => Ok(c),
-            _ => Err(unexpected()),
-        }
+        self.copy_or_move(account, from, uids, to, true).await
     }
 
     async fn expunge(
