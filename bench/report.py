@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Merges the per-protocol results of bench/run into one table and bench/results.json.
 
-Usage: report.py RESULTS_DIR OUT_JSON MACHINE VERSIONS PARAMS
+Usage: report.py [--strict] RESULTS_DIR OUT_JSON MACHINE VERSIONS PARAMS
 RESULTS_DIR holds imap.jsonl (bench/imap/run), pop3.json (bench/pop3/run), smtp.jsonl
 (bench/smtp/run + bench/smtp/postfix-run) and startup.json (bench/startup); any may be missing.
 Ratio = Tessera / peer; the "better" column says whether higher or lower is better.
+With --strict (bench/run's CI smoke mode) it exits 1 when a step's results are missing or a row
+lacks either figure, so a broken benchmark script fails CI instead of printing dashes.
 """
 import datetime, json, os, sys
 
-src, out_json, machine, versions, params = sys.argv[1:6]
+args = sys.argv[1:]
+strict = bool(args) and args[0] == "--strict"
+if strict:
+    args = args[1:]
+src, out_json, machine, versions, params = args[:5]
 rows = []  # (section, measure, tessera, peer, peer_name, better)
 
 
@@ -112,3 +118,8 @@ for r in rows:
 json.dump({"date": now, "machine": machine, "versions": versions, "params": params, "missing": missing,
            "rows": rows}, open(out_json, "w"), indent=1)
 print(f"\nwrote {out_json}")
+if strict:
+    empty = [f"{r['section']}: {r['measure']}" for r in rows if r["tessera"] is None or r["peer"] is None]
+    if missing or empty or not rows:
+        print(f"STRICT: missing steps {missing}, rows without both figures {empty}", file=sys.stderr)
+        sys.exit(1)
