@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """IMAP load client for bench/imap/run (asyncio, raw protocol, plaintext on loopback).
 
-  load.py load  PORT USER PASS SESSIONS SECONDS   -> JSON: ops/s, p50/p99 ms per command
+  load.py load  PORT USER PASS SESSIONS SECONDS [STYLE]
+                                                  -> JSON: ops/s, errors, p50/p99 ms per command
+        STYLE "long" (default): each session logs in once and loops the client round until the
+        deadline; "login": one login per session, i.e. connect, LOGIN, SELECT, one round, LOGOUT,
+        and again (how phones and webmail that poll behave).
   load.py idle  PORT USER PASS SESSIONS PID       -> JSON: RSS/PSS growth per IDLE session
   load.py big   PORT USER PASS                    -> JSON: latencies on a large INBOX
 
@@ -18,6 +22,10 @@ import time
 
 LIT = re.compile(rb"\{(\d+)\}\r\n$")
 TIMEOUT = 120
+
+
+class ProtoError(Exception):
+    """A tagged NO/BAD (or an unusable answer): counted as a protocol error, never hidden."""
 
 
 class Conn:
@@ -56,7 +64,8 @@ class Conn:
         while True:
             line = await self.read_response()
             if line.startswith(tag + b" "):
-                assert line.startswith(tag + b" OK"), (text, line)
+                if not line.startswith(tag + b" OK"):
+                    raise ProtoError("%s -> %r" % (text, line[:200]))
                 return lines, line
             lines.append(line)
 
@@ -67,6 +76,8 @@ class Conn:
 class Stats:
     def __init__(self):
         self.lat = {}
+        self.errors = 0
+        self.first_error = None
 
     async def timed(self, name, coro):
         t = time.perf_counter()
@@ -85,41 +96,58 @@ def new_message(i):
             "Message-ID: <append-%d-%f@example.test>\r\n\r\nAppended by the load client.\r\n" % (i, i, random.random())).encode()
 
 
-async def session(port, user, password, deadline, stats, rng):
+async def client_round(c, stats, rng):
+    """What a client does on a selected INBOX, once: 7 commands."""
+    lines, _ = await stats.timed("UID FETCH 1:* (FLAGS)", c.cmd("UID FETCH 1:* (FLAGS)"))
+    uids = [int(m.group(1)) for m in (re.search(rb"UID (\d+)", l) for l in lines) if m]
+    if not uids:
+        raise ProtoError("UID FETCH 1:* returned no UIDs")
+    uid = rng.choice(uids)
+    await stats.timed("UID FETCH BODY.PEEK[]", c.cmd("UID FETCH %d BODY.PEEK[]" % uid))
+    await stats.timed("UID SEARCH SUBJECT", c.cmd("UID SEARCH SUBJECT topic-%d" % rng.randint(0, 99)))
+    sign = rng.choice("+-")
+    await stats.timed("UID STORE", c.cmd("UID STORE %d %sFLAGS.SILENT (\\Seen)" % (uid, sign)))
+    _, ok = await stats.timed("APPEND", c.cmd("APPEND INBOX", new_message(uid)))
+    m = re.search(rb"APPENDUID \d+ (\d+)", ok)
+    if not m:
+        raise ProtoError("APPEND without APPENDUID: %r" % ok)
+    new = int(m.group(1))
+    await stats.timed("UID STORE", c.cmd("UID STORE %d +FLAGS.SILENT (\\Deleted)" % new))
+    await stats.timed("UID EXPUNGE", c.cmd("UID EXPUNGE %d" % new))
+
+
+async def session(port, user, password, deadline, stats, rng, style):
     while time.monotonic() < deadline:
         c = await Conn().open(port)
-        await stats.timed("LOGIN", c.cmd('LOGIN %s "%s"' % (user, password)))
-        await stats.timed("SELECT", c.cmd("SELECT INBOX"))
-        for _ in range(20):
-            if time.monotonic() >= deadline:
-                break
-            lines, _ = await stats.timed("UID FETCH 1:* (FLAGS)", c.cmd("UID FETCH 1:* (FLAGS)"))
-            uids = [int(m.group(1)) for m in (re.search(rb"UID (\d+)", l) for l in lines) if m]
-            uid = rng.choice(uids)
-            await stats.timed("UID FETCH BODY.PEEK[]", c.cmd("UID FETCH %d BODY.PEEK[]" % uid))
-            await stats.timed("UID SEARCH SUBJECT", c.cmd("UID SEARCH SUBJECT topic-%d" % rng.randint(0, 99)))
-            sign = rng.choice("+-")
-            await stats.timed("UID STORE", c.cmd("UID STORE %d %sFLAGS.SILENT (\\Seen)" % (uid, sign)))
-            _, ok = await stats.timed("APPEND", c.cmd("APPEND INBOX", new_message(uid)))
-            m = re.search(rb"APPENDUID \d+ (\d+)", ok)
-            assert m, ok
-            new = int(m.group(1))
-            await stats.timed("UID STORE", c.cmd("UID STORE %d +FLAGS.SILENT (\\Deleted)" % new))
-            await stats.timed("UID EXPUNGE", c.cmd("UID EXPUNGE %d" % new))
-        await c.cmd("LOGOUT")
-        c.close()
+        try:
+            await stats.timed("LOGIN", c.cmd('LOGIN %s "%s"' % (user, password)))
+            await stats.timed("SELECT", c.cmd("SELECT INBOX"))
+            while True:
+                await client_round(c, stats, rng)
+                if style == "login" or time.monotonic() >= deadline:
+                    break
+            await c.cmd("LOGOUT")
+        except ProtoError as e:
+            stats.errors += 1
+            stats.first_error = stats.first_error or str(e)
+        finally:
+            c.close()
 
 
-async def load(port, user, password, sessions, seconds):
+async def load(port, user, password, sessions, seconds, style):
     stats = Stats()
     start = time.monotonic()
     deadline = start + seconds
-    await asyncio.gather(*(session(port, user, password, deadline, stats, random.Random(i)) for i in range(sessions)))
+    await asyncio.gather(*(session(port, user, password, deadline, stats, random.Random(i), style)
+                           for i in range(sessions)))
     elapsed = time.monotonic() - start
     total = sum(len(v) for v in stats.lat.values())
     return {
         "sessions": sessions,
+        "style": style,
         "ops_per_s": total / elapsed,
+        "errors": stats.errors,
+        "first_error": stats.first_error,
         "commands": {k: {"n": len(v), "p50_ms": pct(v, 0.5) * 1000, "p99_ms": pct(v, 0.99) * 1000}
                      for k, v in sorted(stats.lat.items())},
     }
@@ -226,7 +254,10 @@ async def big(port, user, password):
 def main():
     mode, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if mode == "load":
-        out = asyncio.run(load(port, user, password, int(sys.argv[5]), float(sys.argv[6])))
+        style = sys.argv[7] if len(sys.argv) > 7 else "long"
+        if style not in ("long", "login"):
+            sys.exit("style must be long or login")
+        out = asyncio.run(load(port, user, password, int(sys.argv[5]), float(sys.argv[6]), style))
     elif mode == "idle":
         out = asyncio.run(idle(port, user, password, int(sys.argv[5]), int(sys.argv[6])))
     else:
