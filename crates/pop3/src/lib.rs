@@ -27,8 +27,9 @@
 //!   from the same `Arc<Pop3Server>` so they share the registry.
 //! - The maildrop is INBOX as it was at login. DELE only marks; nothing changes in the store
 //!   until QUIT in TRANSACTION enters UPDATE, which expunges the marked UIDs through the store
-//!   (so IMAP sessions see EXPUNGE through the change feed). A dropped connection, an idle
-//!   timeout and server shutdown never enter UPDATE: nothing is deleted (RFC 1939 §6).
+//!   (so IMAP sessions see EXPUNGE through the change feed) and sets `\Seen` on the messages
+//!   RETR sent whole (not TOP; RSET forgets them), as Dovecot does. A dropped connection, an
+//!   idle timeout and server shutdown never enter UPDATE: nothing changes (RFC 1939 §6).
 //! - Message content goes out byte for byte, CRLF as stored, with only RFC 1939 §3
 //!   byte-stuffing added; it is streamed in chunks, never copied whole.
 //! - Failed logins are delayed through [`net::LoginThrottle`] before the `-ERR [AUTH]` reply.

@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use store::{AccountId, MailboxId, MessageId, Store, StoreError, Uid, UidValidity};
+use store::{
+    AccountId, FlagOp, Flags, MailboxId, MessageId, Store, StoreError, SystemFlags, Uid,
+    UidValidity,
+};
 
 use crate::wire::MsgNum;
 
@@ -20,6 +23,9 @@ pub struct Entry {
     pub size: u64,
     /// Marked by DELE in this session (RFC 1939 §5).
     pub deleted: bool,
+    /// Sent whole by RETR in this session: gets `\Seen` in the UPDATE state, as Dovecot does,
+    /// so a message downloaded over POP3 shows as read in IMAP clients. TOP does not count.
+    pub retrieved: bool,
 }
 
 /// Why a message-number does not name a usable message (RFC 1939 §5: "-ERR no such message").
@@ -64,6 +70,7 @@ impl Maildrop {
                 message: m.message,
                 size: m.size,
                 deleted: false,
+                retrieved: false,
             })
             .collect();
         Ok(Maildrop {
@@ -120,11 +127,29 @@ impl Maildrop {
         Ok(())
     }
 
-    /// Unmarks every message (RFC 1939 §5, RSET).
+    /// Notes that message `n` was retrieved whole (RETR), for `\Seen` on QUIT.
+    pub fn mark_retrieved(&mut self, n: MsgNum) {
+        if let Some(e) = self.slot(n).and_then(|i| self.entries.get_mut(i)) {
+            e.retrieved = true;
+        }
+    }
+
+    /// Unmarks every message (RFC 1939 §5, RSET); like Dovecot, RSET also forgets which
+    /// messages were retrieved, so nothing changes on QUIT.
     pub fn unmark_all(&mut self) {
         for e in &mut self.entries {
             e.deleted = false;
+            e.retrieved = false;
         }
+    }
+
+    /// UIDs of the messages retrieved and not marked deleted, ascending.
+    pub fn retrieved(&self) -> Vec<Uid> {
+        self.entries
+            .iter()
+            .filter(|e| e.retrieved && !e.deleted)
+            .map(|e| e.uid)
+            .collect()
     }
 
     /// UIDs of the messages marked deleted, ascending.
@@ -141,22 +166,35 @@ impl Maildrop {
         unique_id(self.uid_validity, entry.uid)
     }
 
-    /// RFC 1939 §6 (UPDATE state): removes the marked messages. Expunged with `force`, so no
-    /// `\Deleted` flag is involved, and through the store, so IMAP sessions of the account get
-    /// the change feed's `Expunged` events. Returns the UIDs actually removed (a message an
-    /// IMAP session expunged first is skipped).
+    /// RFC 1939 §6 (UPDATE state): removes the marked messages and sets `\Seen` on the ones
+    /// retrieved. Expunged with `force`, so no `\Deleted` flag is involved, and through the
+    /// store, so IMAP sessions of the account get the change feed's `Expunged` and flag events.
+    /// Returns the UIDs actually removed (a message an IMAP session expunged first is skipped;
+    /// so is its `\Seen`).
     pub async fn update(
         &self,
         store: &dyn Store,
         account: AccountId,
     ) -> Result<Vec<Uid>, StoreError> {
         let marked = self.marked();
-        if marked.is_empty() {
-            return Ok(Vec::new());
+        let expunged = if marked.is_empty() {
+            Vec::new()
+        } else {
+            store
+                .expunge(account, self.mailbox, Some(&marked), true)
+                .await?
+        };
+        let seen = self.retrieved();
+        if !seen.is_empty() {
+            let flags = Flags {
+                system: SystemFlags(SystemFlags::SEEN),
+                ..Flags::default()
+            };
+            store
+                .store_flags(account, self.mailbox, &seen, FlagOp::Add, &flags)
+                .await?;
         }
-        store
-            .expunge(account, self.mailbox, Some(&marked), true)
-            .await
+        Ok(expunged)
     }
 
     fn slot(&self, n: MsgNum) -> Option<usize> {
@@ -266,6 +304,7 @@ mod tests {
                 message: MessageId(i64::from(i)),
                 size: u64::from(i) * 100,
                 deleted: false,
+                retrieved: false,
             })
             .collect();
         Maildrop::from_entries(MailboxId(1), UidValidity(0x1234), entries)

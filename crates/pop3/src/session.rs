@@ -516,6 +516,11 @@ impl<'s> Session<'s> {
             }
         }
         stuffer.finish(&mut self.out);
+        if lines.is_none()
+            && let Some(t) = self.transaction()
+        {
+            t.maildrop.mark_retrieved(n);
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{Harness, PASSWORD, PATIENCE, corpus, stuffed};
 use net::ThrottleConfig;
 use pop3::Pop3Config;
-use store::Change;
+use store::{Change, SystemFlags};
 
 #[tokio::test]
 async fn no_login_before_stls_and_capabilities_follow_tls() {
@@ -363,6 +363,52 @@ async fn drop_without_quit_deletes_nothing() {
         c.cmd("STAT").await,
         format!("+OK 2 {}", corpus::SIMPLE.len() + corpus::DOTS.len())
     );
+}
+
+/// RETR sets `\Seen` in the UPDATE state (as Dovecot does), TOP does not, RSET forgets it,
+/// and a connection dropped without QUIT changes nothing.
+#[tokio::test]
+async fn retr_marks_seen_on_quit_only() {
+    let h = Harness::start().await;
+    let (alice, address) = h.user("alice").await;
+    for _ in 0..4 {
+        h.deliver(alice, corpus::SIMPLE).await;
+    }
+    let seen = |h: &Harness| {
+        let h = h.store.clone();
+        async move {
+            let inbox = h.mailbox(alice, "INBOX").await.unwrap().expect("INBOX").id;
+            h.messages(alice, inbox)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.flags.system.contains(SystemFlags::SEEN))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Dropped without QUIT: nothing changes.
+    let mut c = h.logged_in(&address).await;
+    c.ok("RETR 1").await;
+    c.raw_multiline().await;
+    c.drop_connection();
+    h.wait_unlocked(alice).await;
+    assert_eq!(seen(&h).await, [false, false, false, false]);
+    // RETR 1 and 2, TOP 3, RETR 4 then RSET, RETR 2 again, DELE 1 after RETR: only 2 is seen
+    // (1 is gone).
+    let mut c = h.logged_in(&address).await;
+    for cmd in ["RETR 1", "RETR 2", "TOP 3 0", "RETR 4"] {
+        c.ok(cmd).await;
+        c.raw_multiline().await;
+    }
+    c.ok("RSET").await;
+    for cmd in ["RETR 1", "RETR 2"] {
+        c.ok(cmd).await;
+        c.raw_multiline().await;
+    }
+    c.ok("DELE 1").await;
+    c.ok("QUIT").await;
+    h.wait_unlocked(alice).await;
+    assert_eq!(seen(&h).await, [true, false, false]);
 }
 
 #[tokio::test]
