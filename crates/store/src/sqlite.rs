@@ -50,6 +50,7 @@ const MAX_MAILBOXES: i64 = 10_000;
 
 mod dkim_ops;
 mod queue_ops;
+mod reader;
 mod writer;
 
 use writer::{Job, Op, Output};
@@ -67,6 +68,8 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: mpsc::Sender<Job>,
+    /// Synchronous point lookups for the SMTP hot path ([`reader`]).
+    lookups: reader::Lookups,
     blobs: Arc<BlobStore>,
     feed: Arc<ChangeFeed>,
     stats: Arc<WriterStats>,
@@ -125,6 +128,7 @@ impl SqliteStore {
         Ok(Arc::new(SqliteStore {
             pool,
             writer: tx,
+            lookups: reader::Lookups::new(&data_dir.join("tessera.db")),
             blobs,
             feed,
             stats,
@@ -473,11 +477,7 @@ impl Store for SqliteStore {
     }
 
     async fn is_hosted_domain(&self, name: &Domain) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        self.lookups.is_hosted_domain(name)
     }
 
     async fn add_dkim_key(&self, key: crate::NewDkimKey) -> Result<()> {
@@ -773,39 +773,7 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
-        let mut candidates = vec![address.to_string()];
-        // Subaddressing (RFC 5233): user+tag@domain reaches user@domain.
-        if let Some((base, _tag)) = address.local().split_once('+')
-            && !base.is_empty()
-        {
-            candidates.push(format!("{base}@{}", address.domain()));
-        }
-        for candidate in &candidates {
-            let account: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
-                    .bind(candidate)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if let Some(id) = account {
-                return Ok(vec![AccountId(id)]);
-            }
-            let targets: Vec<i64> = sqlx::query_scalar(
-                "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
-            )
-            .bind(candidate)
-            .fetch_all(&self.pool)
-            .await?;
-            if !targets.is_empty() {
-                return Ok(targets.into_iter().map(AccountId).collect());
-            }
-        }
-        let catch_all: Vec<i64> = sqlx::query_scalar(
-            "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
-        )
-        .bind(format!("@{}", address.domain()))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(catch_all.into_iter().map(AccountId).collect())
+        self.lookups.resolve_recipient(address)
     }
 
     async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>> {
