@@ -580,13 +580,7 @@ impl Store for SqliteStore {
     }
 
     async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>> {
-        let row = sqlx::query(
-            "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts WHERE id = ?",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(account_from_row).transpose()
+        self.lookups.account_by_id(id)
     }
 
     async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Synchronous point lookups for the SMTP hot path (is a domain hosted, who receives an
-//! address), run on the calling task's thread through a few rusqlite connections.
+//! address, is that account over quota), run on the calling task's thread through a few
+//! rusqlite connections.
 //!
 //! Why not sqlx's pool: sqlx-sqlite sends each statement to a worker thread and waits for the
 //! answer, two thread hand-offs per statement; every RCPT made three, which cost more than
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::int;
+use crate::AccountInfo;
 use crate::error::{Result, StoreError};
 use crate::types::{AccountId, Address, Domain};
 
@@ -75,6 +78,28 @@ impl Lookups {
                 .optional()?
                 .is_some())
         })
+    }
+
+    /// The account with this id.
+    pub(super) fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>> {
+        let row: Option<(String, String, i64, i64)> = self.with(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT address, display_name, quota_bytes, used_bytes FROM accounts WHERE id = ?",
+                )?
+                .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?)
+        })?;
+        row.map(|(address, display_name, quota, used)| {
+            Ok(AccountInfo {
+                id,
+                address: Address::parse(&address)?,
+                display_name,
+                quota_bytes: int(quota)?,
+                used_bytes: int(used)?,
+            })
+        })
+        .transpose()
     }
 
     /// The accounts mail to `address` goes to: the account of that address, else the
