@@ -10,12 +10,16 @@
 //! 2. one `BEGIN IMMEDIATE` transaction, each job inside its own SAVEPOINT (a failing job is
 //!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
 //! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
-//! 4. only then every caller is answered (tokio oneshot) and the change feed published.
+//! 4. only then every caller is answered (tokio oneshot) and the change feed published;
+//! 5. when the WAL has grown past [`CHECKPOINT_FRAMES`], it is checkpointed, after the
+//!    answers rather than inside the COMMIT (SQLite's automatic checkpoint), so the callers
+//!    of that batch do not wait for it; jobs arriving meanwhile make the next batch bigger.
 //!
 //! Why a thread and not a task on sqlx's connection: sqlx-sqlite hands every statement to its
 //! own worker thread over a channel and back, ~7 hand-offs per delivery; here a statement is a
 //! function call, and the only hand-offs left are one wake-up per batch and one per answer.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +44,21 @@ const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prepared statements kept per connection (the writer uses about forty).
 const STATEMENT_CACHE: usize = 64;
+/// WAL size (in pages) past which the writer checkpoints: SQLite's default automatic
+/// checkpoint threshold.
+const CHECKPOINT_FRAMES: i32 = 1000;
+
+thread_local! {
+    /// Pages in the WAL after the writer thread's last commit (set by [`note_wal_size`]).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's WAL hook on the writer's connection: runs inside each COMMIT, on the writer
+/// thread, and only notes the WAL's size. Registering it replaces the automatic checkpoint.
+fn note_wal_size(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -170,6 +189,7 @@ fn open(db: &Path) -> Result<Connection> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
     )?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.wal_hook(Some(note_wal_size));
     Ok(conn)
 }
 
@@ -190,6 +210,10 @@ fn writer_thread(
             }
         }
         run_batch(&mut conn, &mut batch, blobs, feed, stats);
+        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
+            WAL_FRAMES.set(0);
+            checkpoint(&conn);
+        }
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the writer's connection");
@@ -256,6 +280,20 @@ fn run_batch(
             feed.publish(account, [change]);
         }
         let _ = reply.send(result);
+    }
+}
+
+/// Copies the WAL's pages into the database file (PASSIVE: never waits for readers; pages a
+/// reader still needs are left for the next checkpoint). A failure is logged and retried
+/// after a later commit: the WAL stays valid meanwhile.
+fn checkpoint(conn: &Connection) {
+    // The row: (blocked, pages in the WAL, pages copied).
+    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match done {
+        Ok((frames, copied)) => tracing::trace!(frames, copied, "WAL checkpoint"),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
     }
 }
 
