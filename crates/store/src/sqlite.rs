@@ -1,5 +1,6 @@
 //! The SQLite backend (embedded default): WAL, `synchronous=FULL`, one writer thread doing
-//! group commit for mailbox writes, a small sqlx pool for reads.
+//! group commit for mailbox writes, a small sqlx pool for reads, and inline point lookups
+//! for the SMTP hot path ([`reader`]).
 //!
 //! Group commit ([`writer`]): every mailbox write becomes a job on a channel. The writer
 //! thread takes all jobs waiting, writes and syncs the large bodies they carry once, runs
