@@ -92,6 +92,22 @@ pub fn may_send_as(allowed: &[AliasSource], address: &Address) -> bool {
         .any(|a| matches!(a, AliasSource::Address(own) if own == address))
 }
 
+/// Whether every one of `accounts` has used all of its quota (0 means unlimited), so not
+/// even an empty message fits. A message that fits the room left at RCPT may still be
+/// refused at DATA when it is larger than that room.
+async fn all_full(store: &dyn Store, accounts: &[AccountId]) -> Result<bool, Failure> {
+    for id in accounts {
+        let full = store
+            .account_by_id(*id)
+            .await?
+            .is_some_and(|a| a.quota_bytes > 0 && a.used_bytes >= a.quota_bytes);
+        if !full {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Decides where a recipient goes, or why it is refused.
 pub async fn route_recipient(
     store: &dyn Store,
@@ -102,6 +118,11 @@ pub async fn route_recipient(
         let accounts = store.resolve_recipient(address).await?;
         if accounts.is_empty() {
             return Err(reply::NO_SUCH_USER.into());
+        }
+        if all_full(store, &accounts).await? {
+            // Refused before DATA, so the sender keeps the message and retries; when only
+            // some of an alias's accounts are full, the others still get it.
+            return Err(reply::MAILBOX_FULL_TRY_LATER.into());
         }
         Ok(Target::Local(accounts))
     } else if submission {

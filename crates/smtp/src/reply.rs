@@ -179,6 +179,9 @@ pub const BARE_LINE_ENDING_IN_DATA: Reply = Reply::new(
     "5.6.11",
     "Message contains a bare CR or LF; lines must end with CRLF",
 );
+/// RFC 5321 §4.5.3.1.10 / RFC 3463 X.2.2 (a transient condition): at RCPT, the recipient's
+/// mailbox is full; the sending server keeps the message and tries again later.
+pub const MAILBOX_FULL_TRY_LATER: Reply = Reply::new(452, "4.2.2", "Mailbox full, try again later");
 /// RFC 3463 X.2.2: a recipient's mailbox is over quota.
 pub const MAILBOX_FULL: Reply = Reply::new(552, "5.2.2", "Mailbox full");
 /// RFC 1870 §6, RFC 3463 X.3.4: message larger than the SIZE limit.

@@ -14,7 +14,7 @@
 //!   crash there may be a body without a row (collected by [`Store::collect_garbage`]),
 //!   never a row without its body.
 //! - A write is acknowledged only after its transaction committed with `synchronous=FULL`.
-//! - Concurrent mailbox writes are batched by one writer task: a batch shares one
+//! - Concurrent mailbox writes are batched by one writer thread: a batch shares one
 //!   commit (one WAL fsync) and, for large bodies, one filesystem sync (group commit).
 //! - UIDs in a mailbox are strictly ascending and never reused while UIDVALIDITY holds;
 //!   every change raises the mailbox's MODSEQ.

@@ -1,17 +1,18 @@
-//! The SQLite backend (embedded default): WAL, `synchronous=FULL`, one writer task doing
-//! group commit for mailbox writes, a small pool for reads.
+//! The SQLite backend (embedded default): WAL, `synchronous=FULL`, one writer thread doing
+//! group commit for mailbox writes, a small sqlx pool for reads, and inline point lookups
+//! for the SMTP hot path ([`reader`]).
 //!
-//! Group commit: every mailbox write becomes a [`Job`] on a channel. The writer takes
-//! all jobs waiting (up to [`MAX_BATCH`]), fsyncs the blob directories they need once,
-//! runs each job inside its own SAVEPOINT (so one failing job does not fail the
-//! others) and commits the batch with one transaction, i.e. one WAL fsync. Only then
-//! are the callers answered and the change feed published.
+//! Group commit ([`writer`]): every mailbox write becomes a job on a channel. The writer
+//! thread takes all jobs waiting, writes and syncs the large bodies they carry once, runs
+//! each job inside its own SAVEPOINT (so one failing job does not fail the others) and
+//! commits the batch with one transaction, i.e. one WAL fsync. Only then are the callers
+//! answered and the change feed published.
 //!
 //! Administrative writes (domains, accounts, aliases) are rare and run in their own
 //! `BEGIN IMMEDIATE` transactions from the pool; SQLite's busy timeout serialises them
 //! with the writer and with other processes (the CLI while the server runs).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::blob::{BlobHash, BlobStore, PendingBlob};
 use crate::error::{Result, StoreError};
 use crate::feed::{Change, ChangeFeed};
-use crate::queue::{DsnRet, QueueEntry, QueueId, QueuedMessage, RecipientResult};
+use crate::queue::{QueueEntry, QueueId, QueuedMessage, RecipientResult};
 use crate::types::*;
 use crate::{
     AccountInfo, AliasInfo, Appended, Copied, DomainInfo, FlagUpdate, GarbageReport, MailboxInfo,
@@ -41,8 +42,6 @@ static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 
 /// Bodies up to this size are stored in the database (`inline_blobs`), larger ones as files.
 pub const INLINE_BODY_MAX: usize = 64 * 1024;
-/// Most jobs committed in one transaction.
-const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer before callers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 /// Longest mailbox name, in bytes.
@@ -52,6 +51,10 @@ const MAX_MAILBOXES: i64 = 10_000;
 
 mod dkim_ops;
 mod queue_ops;
+mod reader;
+mod writer;
+
+use writer::{Job, Op, Output};
 
 const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -66,6 +69,8 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: mpsc::Sender<Job>,
+    /// Synchronous point lookups for the SMTP hot path ([`reader`]).
+    lookups: reader::Lookups,
     blobs: Arc<BlobStore>,
     feed: Arc<ChangeFeed>,
     stats: Arc<WriterStats>,
@@ -104,26 +109,27 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
-        let mut writer_conn = SqliteConnection::connect_with(&options).await?;
-        migrate(&mut writer_conn).await?;
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        migrate(&mut conn).await?;
+        conn.close().await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(options)
             .await?;
         let feed = Arc::new(ChangeFeed::default());
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(writer_loop(
-            writer_conn,
-            rx,
+        let tx = writer::start(
+            &data_dir.join("tessera.db"),
+            QUEUE_DEPTH,
             blobs.clone(),
             feed.clone(),
             stats.clone(),
-        ));
+        )?;
         Ok(Arc::new(SqliteStore {
             pool,
             writer: tx,
+            lookups: reader::Lookups::new(&data_dir.join("tessera.db")),
             blobs,
             feed,
             stats,
@@ -276,855 +282,6 @@ macro_rules! header_prefix {
     };
 }
 
-// ---------------------------------------------------------------------------
-// The writer: jobs, batching, group commit.
-// ---------------------------------------------------------------------------
-
-/// A mailbox write waiting for the writer.
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Output>>,
-}
-
-/// The mailbox writes the writer performs.
-enum Op {
-    Append {
-        account: AccountId,
-        mailbox: MailboxId,
-        blob: PendingBlob,
-        message: NewMessage,
-    },
-    Deliver {
-        accounts: Vec<AccountId>,
-        blob: PendingBlob,
-        message: NewMessage,
-    },
-    StoreFlags {
-        account: AccountId,
-        mailbox: MailboxId,
-        uids: Vec<Uid>,
-        op: FlagOp,
-        flags: Flags,
-    },
-    Copy {
-        account: AccountId,
-        from: MailboxId,
-        to: MailboxId,
-        uids: Vec<Uid>,
-        remove_source: bool,
-    },
-    Expunge {
-        account: AccountId,
-        mailbox: MailboxId,
-        uids: Option<Vec<Uid>>,
-        force: bool,
-    },
-    CreateMailbox {
-        account: AccountId,
-        name: String,
-        special_use: Option<SpecialUse>,
-    },
-    DeleteMailbox {
-        account: AccountId,
-        name: String,
-    },
-    RenameMailbox {
-        account: AccountId,
-        from: String,
-        to: String,
-    },
-    Subscribe {
-        account: AccountId,
-        name: String,
-        subscribed: bool,
-    },
-    Enqueue {
-        blob: PendingBlob,
-        message: QueuedMessage,
-    },
-}
-
-impl Op {
-    fn blob(&self) -> Option<&PendingBlob> {
-        match self {
-            Op::Append { blob, .. } | Op::Deliver { blob, .. } | Op::Enqueue { blob, .. } => {
-                Some(blob)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// What a job returns.
-enum Output {
-    Appended(Appended),
-    Delivered(Vec<Result<Appended>>),
-    Flags(Vec<FlagUpdate>),
-    Copied(Copied),
-    Expunged(Vec<Uid>),
-    Mailbox(MailboxId),
-    Queued(QueueId),
-    Done,
-}
-
-/// Changes a job made, published after the batch commits.
-type Events = Vec<(AccountId, Change)>;
-
-async fn writer_loop(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Job>,
-    blobs: Arc<BlobStore>,
-    feed: Arc<ChangeFeed>,
-    stats: Arc<WriterStats>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let jobs = batch.len() as u64;
-        if run_batch(&mut conn, batch, &blobs, &feed).await {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.jobs.fetch_add(jobs, Ordering::Relaxed);
-        }
-    }
-    let _ = conn.close().await;
-}
-
-/// Runs one batch; returns whether it committed.
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    batch: Vec<Job>,
-    blobs: &Arc<BlobStore>,
-    feed: &ChangeFeed,
-) -> bool {
-    // 1. The batch's large bodies are written and made durable (one filesystem sync) before
-    //    any row refers to them; small ones go into the transaction itself (step 2).
-    let pending: Vec<PendingBlob> = batch
-        .iter()
-        .filter_map(|j| j.op.blob())
-        .filter(|b| b.bytes.len() > INLINE_BODY_MAX)
-        .cloned()
-        .collect();
-    if !pending.is_empty() {
-        let blobs = blobs.clone();
-        let synced = tokio::task::spawn_blocking(move || blobs.write_batch(&pending))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(format!("blob task: {e}"))));
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "cannot write message bodies; failing batch");
-            fail_all(batch, e);
-            return false;
-        }
-    }
-    // 2. One transaction, one savepoint per job.
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        fail_all(batch, e.into());
-        return false;
-    }
-    let mut done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> =
-        Vec::with_capacity(batch.len());
-    for job in batch {
-        let mut events = Events::new();
-        let result = match savepoint(conn, "job").await {
-            Ok(()) => {
-                let r = apply(conn, job.op, &mut events).await;
-                let end = if r.is_ok() {
-                    release(conn, "job").await
-                } else {
-                    rollback_to(conn, "job").await
-                };
-                match end {
-                    Ok(()) => r,
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            events.clear();
-        }
-        done.push((job.reply, result, events));
-    }
-    // 3. Commit: one WAL fsync for the whole batch.
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        tracing::error!(error = %e, "batch commit failed");
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let e: StoreError = e.into();
-        for (reply, _, _) in done {
-            let _ = reply.send(Err(e.clone_shallow()));
-        }
-        return false;
-    }
-    // 4. Answer and publish.
-    for (reply, result, events) in done {
-        for (account, change) in events {
-            feed.publish(account, [change]);
-        }
-        let _ = reply.send(result);
-    }
-    true
-}
-
-fn fail_all(batch: Vec<Job>, e: StoreError) {
-    for job in batch {
-        let _ = job.reply.send(Err(e.clone_shallow()));
-    }
-}
-
-impl StoreError {
-    /// A copy for fanning one failure out to several callers.
-    fn clone_shallow(&self) -> StoreError {
-        match self {
-            StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
-            StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
-            StoreError::AlreadyExists(s) => StoreError::AlreadyExists(s.clone()),
-            StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
-            StoreError::QuotaExceeded { used, quota, size } => StoreError::QuotaExceeded {
-                used: *used,
-                quota: *quota,
-                size: *size,
-            },
-            StoreError::Blob { path, message } => StoreError::Blob {
-                path: path.clone(),
-                message: message.clone(),
-            },
-            StoreError::Database(s) => StoreError::Database(s.clone()),
-            StoreError::Closed => StoreError::Closed,
-        }
-    }
-}
-
-async fn savepoint(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
-    let sql = match name {
-        "job" => "SAVEPOINT job",
-        _ => "SAVEPOINT inner",
-    };
-    sqlx::query(sql).execute(&mut *conn).await?;
-    Ok(())
-}
-
-async fn release(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
-    let sql = match name {
-        "job" => "RELEASE job",
-        _ => "RELEASE inner",
-    };
-    sqlx::query(sql).execute(&mut *conn).await?;
-    Ok(())
-}
-
-async fn rollback_to(conn: &mut SqliteConnection, name: &'static str) -> Result<()> {
-    let (rollback, rel) = match name {
-        "job" => ("ROLLBACK TO job", "RELEASE job"),
-        _ => ("ROLLBACK TO inner", "RELEASE inner"),
-    };
-    sqlx::query(rollback).execute(&mut *conn).await?;
-    sqlx::query(rel).execute(&mut *conn).await?;
-    Ok(())
-}
-
-async fn apply(conn: &mut SqliteConnection, op: Op, events: &mut Events) -> Result<Output> {
-    if let Some(blob) = op.blob() {
-        store_inline(conn, blob).await?;
-    }
-    match op {
-        Op::Append {
-            account,
-            mailbox,
-            blob,
-            message,
-        } => {
-            let appended = append_one(
-                conn,
-                account,
-                Target::Mailbox(mailbox),
-                &blob.hash,
-                &message,
-                events,
-            )
-            .await?;
-            Ok(Output::Appended(appended))
-        }
-        Op::Deliver {
-            accounts,
-            blob,
-            message,
-        } => {
-            let mut results = Vec::with_capacity(accounts.len());
-            if let [account] = accounts[..] {
-                // One recipient: the job's own savepoint undoes a failure.
-                let appended =
-                    append_one(conn, account, Target::Inbox, &blob.hash, &message, events).await?;
-                results.push(Ok(appended));
-            } else {
-                // Several: each account in its own savepoint, so one full mailbox does not
-                // keep the message from the others.
-                for account in accounts {
-                    savepoint(conn, "inner").await?;
-                    let mut mine = Events::new();
-                    let r = append_one(
-                        conn,
-                        account,
-                        Target::Inbox,
-                        &blob.hash,
-                        &message,
-                        &mut mine,
-                    )
-                    .await;
-                    if r.is_ok() {
-                        release(conn, "inner").await?;
-                        events.append(&mut mine);
-                    } else {
-                        rollback_to(conn, "inner").await?;
-                    }
-                    results.push(r);
-                }
-            }
-            Ok(Output::Delivered(results))
-        }
-        Op::StoreFlags {
-            account,
-            mailbox,
-            uids,
-            op,
-            flags,
-        } => store_flags(conn, account, mailbox, &uids, op, &flags, events)
-            .await
-            .map(Output::Flags),
-        Op::Copy {
-            account,
-            from,
-            to,
-            uids,
-            remove_source,
-        } => copy(conn, account, from, to, &uids, remove_source, events)
-            .await
-            .map(Output::Copied),
-        Op::Expunge {
-            account,
-            mailbox,
-            uids,
-            force,
-        } => expunge(conn, account, mailbox, uids.as_deref(), force, events)
-            .await
-            .map(Output::Expunged),
-        Op::CreateMailbox {
-            account,
-            name,
-            special_use,
-        } => {
-            let id = create_mailbox(conn, account, &name, special_use).await?;
-            events.push((account, Change::MailboxesChanged));
-            Ok(Output::Mailbox(id))
-        }
-        Op::DeleteMailbox { account, name } => {
-            delete_mailbox(conn, account, &name).await?;
-            events.push((account, Change::MailboxesChanged));
-            Ok(Output::Done)
-        }
-        Op::RenameMailbox { account, from, to } => {
-            rename_mailbox(conn, account, &from, &to).await?;
-            events.push((account, Change::MailboxesChanged));
-            Ok(Output::Done)
-        }
-        Op::Subscribe {
-            account,
-            name,
-            subscribed,
-        } => {
-            let name = normalize_mailbox_name(&name)?;
-            let changed = sqlx::query(
-                "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
-            )
-            .bind(subscribed)
-            .bind(account.0)
-            .bind(&name)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if changed == 0 {
-                return Err(StoreError::NotFound(format!("no mailbox {name}")));
-            }
-            events.push((account, Change::MailboxesChanged));
-            Ok(Output::Done)
-        }
-        Op::Enqueue { blob, message } => enqueue(conn, &blob.hash, &message)
-            .await
-            .map(Output::Queued),
-    }
-}
-
-/// Inserts a queued message and its recipients (inside the writer's transaction).
-async fn enqueue(
-    conn: &mut SqliteConnection,
-    hash: &BlobHash,
-    message: &QueuedMessage,
-) -> Result<QueueId> {
-    let now = unix_now();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO queue (blob_hash, size, sender, account_id, dsn_envid, dsn_ret, created_at, next_attempt, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(hash.to_hex())
-    .bind(db_u64(message.bytes.len() as u64)?)
-    .bind(message.sender.as_ref().map(Address::to_string).unwrap_or_default())
-    .bind(message.account.map(|a| a.0))
-    .bind(message.dsn_envid.as_deref())
-    .bind(message.dsn_ret.map(DsnRet::as_str))
-    .bind(now)
-    .bind(now)
-    .bind(message.expires_at)
-    .fetch_one(&mut *conn)
-    .await?;
-    for (position, rcpt) in message.recipients.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO queue_recipients (queue_id, position, address, dsn_orcpt, dsn_notify, next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(db_u64(position as u64)?)
-        .bind(rcpt.address.to_string())
-        .bind(rcpt.orcpt.as_deref())
-        .bind(i64::from(rcpt.notify.0))
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(QueueId(id))
-}
-
-/// Stores a small body in `inline_blobs` (large ones were written as files already).
-async fn store_inline(conn: &mut SqliteConnection, blob: &PendingBlob) -> Result<()> {
-    if blob.bytes.len() > INLINE_BODY_MAX {
-        return Ok(());
-    }
-    sqlx::query("INSERT OR IGNORE INTO inline_blobs (hash, data) VALUES (?, ?)")
-        .bind(blob.hash.to_hex())
-        .bind(blob.bytes.as_slice())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// A mailbox's counters, read inside the writer's transaction.
-struct Counters {
-    uid_validity: UidValidity,
-    uid_next: u32,
-    modseq: u64,
-}
-
-async fn counters(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    mailbox: MailboxId,
-) -> Result<Counters> {
-    let row = sqlx::query(
-        "SELECT uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = ? AND account_id = ?",
-    )
-    .bind(mailbox.0)
-    .bind(account.0)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| StoreError::NotFound("no such mailbox".into()))?;
-    Ok(Counters {
-        uid_validity: UidValidity(int(row.try_get(0)?)?),
-        uid_next: int(row.try_get(1)?)?,
-        modseq: int(row.try_get(2)?)?,
-    })
-}
-
-async fn set_counters(
-    conn: &mut SqliteConnection,
-    mailbox: MailboxId,
-    uid_next: u32,
-    modseq: u64,
-) -> Result<()> {
-    sqlx::query("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?")
-        .bind(i64::from(uid_next))
-        .bind(db_u64(modseq)?)
-        .bind(mailbox.0)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Adds `size` bytes to the account's usage, refusing when over quota.
-async fn charge(conn: &mut SqliteConnection, account: AccountId, size: u64) -> Result<()> {
-    let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")
-        .bind(account.0)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no account {account}")))?;
-    let quota: u64 = int(row.try_get(0)?)?;
-    let used: u64 = int(row.try_get(1)?)?;
-    if quota > 0 && used.saturating_add(size) > quota {
-        return Err(StoreError::QuotaExceeded { used, quota, size });
-    }
-    sqlx::query("UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?")
-        .bind(db_u64(size)?)
-        .bind(account.0)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn refund(conn: &mut SqliteConnection, account: AccountId, size: u64) -> Result<()> {
-    sqlx::query("UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?) WHERE id = ?")
-        .bind(db_u64(size)?)
-        .bind(account.0)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Where [`append_one`] puts a message.
-#[derive(Clone, Copy)]
-enum Target {
-    /// A mailbox of the account.
-    Mailbox(MailboxId),
-    /// The account's INBOX (delivery).
-    Inbox,
-}
-
-/// Appends one message in four statements (the hot path of delivery): charge the quota,
-/// take a UID and MODSEQ, insert the message row and its mailbox row. The caller's
-/// savepoint undoes the earlier statements when a later one fails.
-async fn append_one(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    target: Target,
-    hash: &BlobHash,
-    message: &NewMessage,
-    events: &mut Events,
-) -> Result<Appended> {
-    let size = db_u64(message.bytes.len() as u64)?;
-    let charged: Option<i64> = sqlx::query_scalar(
-        "UPDATE accounts SET used_bytes = used_bytes + ?1 WHERE id = ?2 AND (quota_bytes = 0 OR used_bytes + ?1 <= quota_bytes) RETURNING used_bytes",
-    )
-    .bind(size)
-    .bind(account.0)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if charged.is_none() {
-        return Err(quota_refusal(conn, account, size).await);
-    }
-    // RFC 3501 §2.3.1.1: UIDs ascend and are never reused; 2^32-1 is the last one.
-    let row = match target {
-        Target::Mailbox(id) => sqlx::query(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE id = ? AND account_id = ? AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
-        )
-        .bind(id.0)
-        .bind(account.0)
-        .fetch_optional(&mut *conn)
-        .await?,
-        Target::Inbox => sqlx::query(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE account_id = ? AND name = 'INBOX' AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
-        )
-        .bind(account.0)
-        .fetch_optional(&mut *conn)
-        .await?,
-    };
-    let row = row.ok_or_else(|| {
-        StoreError::NotFound("no such mailbox (or its UIDs are exhausted)".into())
-    })?;
-    let mailbox = MailboxId(row.try_get(0)?);
-    let uid_validity = UidValidity(int(row.try_get(1)?)?);
-    let uid = Uid(int(row.try_get(2)?)?);
-    let modseq: i64 = row.try_get(3)?;
-    let message_id: i64 = sqlx::query_scalar(
-        "INSERT INTO messages (account_id, blob_hash, size, internal_date, tz_offset) VALUES (?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(account.0)
-    .bind(hash.to_hex())
-    .bind(size)
-    .bind(message.internal_date)
-    .bind(message.tz_offset_minutes)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(mailbox.0)
-    .bind(i64::from(uid.0))
-    .bind(message_id)
-    .bind(i64::from(message.flags.system.0))
-    .bind(message.flags.keywords_text())
-    .bind(modseq)
-    .execute(&mut *conn)
-    .await?;
-    events.push((
-        account,
-        Change::Appended {
-            mailbox,
-            uid,
-            modseq: ModSeq(int(modseq)?),
-        },
-    ));
-    Ok(Appended {
-        account,
-        mailbox,
-        uid_validity,
-        uid,
-        message: MessageId(message_id),
-    })
-}
-
-/// Why charging `size` bytes failed: no such account, or over quota.
-async fn quota_refusal(conn: &mut SqliteConnection, account: AccountId, size: i64) -> StoreError {
-    let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")
-        .bind(account.0)
-        .fetch_optional(&mut *conn)
-        .await;
-    match row {
-        Ok(Some(row)) => {
-            let get = |i: usize| {
-                row.try_get::<i64, _>(i)
-                    .ok()
-                    .and_then(|v| u64::try_from(v).ok())
-            };
-            StoreError::QuotaExceeded {
-                used: get(1).unwrap_or(0),
-                quota: get(0).unwrap_or(0),
-                size: u64::try_from(size).unwrap_or(0),
-            }
-        }
-        Ok(None) => StoreError::NotFound(format!("no account {account}")),
-        Err(e) => e.into(),
-    }
-}
-
-fn sorted_unique(uids: &[Uid]) -> Vec<Uid> {
-    uids.iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
-async fn store_flags(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    mailbox: MailboxId,
-    uids: &[Uid],
-    op: FlagOp,
-    flags: &Flags,
-    events: &mut Events,
-) -> Result<Vec<FlagUpdate>> {
-    let c = counters(conn, account, mailbox).await?;
-    let modseq = c.modseq + 1;
-    let mut updates = Vec::new();
-    for uid in sorted_unique(uids) {
-        let row = sqlx::query(
-            "SELECT flags, keywords FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?",
-        )
-        .bind(mailbox.0)
-        .bind(i64::from(uid.0))
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { continue };
-        let old = Flags::from_stored(row.try_get(0)?, row.try_get::<&str, _>(1)?);
-        let mut new = old.clone();
-        match op {
-            FlagOp::Replace => new = flags.clone(),
-            FlagOp::Add => {
-                new.system.0 |= flags.system.0;
-                new.keywords.extend(flags.keywords.iter().cloned());
-            }
-            FlagOp::Remove => {
-                new.system.0 &= !flags.system.0;
-                new.keywords.retain(|k| !flags.keywords.contains(k));
-            }
-        }
-        if new.keywords.len() > MAX_KEYWORDS {
-            return Err(StoreError::Invalid(format!(
-                "more than {MAX_KEYWORDS} keywords on one message"
-            )));
-        }
-        if new == old {
-            continue;
-        }
-        sqlx::query(
-            "UPDATE mailbox_messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-        )
-        .bind(i64::from(new.system.0))
-        .bind(new.keywords_text())
-        .bind(db_u64(modseq)?)
-        .bind(mailbox.0)
-        .bind(i64::from(uid.0))
-        .execute(&mut *conn)
-        .await?;
-        events.push((
-            account,
-            Change::FlagsChanged {
-                mailbox,
-                uid,
-                modseq: ModSeq(modseq),
-            },
-        ));
-        updates.push(FlagUpdate {
-            uid,
-            flags: new,
-            modseq: ModSeq(modseq),
-        });
-    }
-    if !updates.is_empty() {
-        set_counters(conn, mailbox, c.uid_next, modseq).await?;
-    }
-    Ok(updates)
-}
-
-async fn copy(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    from: MailboxId,
-    to: MailboxId,
-    uids: &[Uid],
-    remove_source: bool,
-    events: &mut Events,
-) -> Result<Copied> {
-    let src = counters(conn, account, from).await?;
-    let dst = counters(conn, account, to).await?;
-    if from == to && remove_source {
-        return Err(StoreError::Invalid(
-            "cannot move messages into the same mailbox".into(),
-        ));
-    }
-    let mut next = dst.uid_next;
-    let dst_modseq = dst.modseq + 1;
-    let mut pairs = Vec::new();
-    for uid in sorted_unique(uids) {
-        let row = sqlx::query(
-            "SELECT mm.message_id, mm.flags, mm.keywords, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? AND mm.uid = ?",
-        )
-        .bind(from.0)
-        .bind(i64::from(uid.0))
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { continue };
-        let message_id: i64 = row.try_get(0)?;
-        let size: u64 = int(row.try_get(3)?)?;
-        if !remove_source {
-            // A move neither adds nor frees space; a copy does add.
-            charge(conn, account, size).await?;
-        }
-        let new_uid = Uid(next);
-        next = next
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Conflict("mailbox UIDs exhausted".into()))?;
-        sqlx::query(
-            "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(to.0)
-        .bind(i64::from(new_uid.0))
-        .bind(message_id)
-        .bind(row.try_get::<i64, _>(1)?)
-        .bind(row.try_get::<&str, _>(2)?)
-        .bind(db_u64(dst_modseq)?)
-        .execute(&mut *conn)
-        .await?;
-        events.push((
-            account,
-            Change::Appended {
-                mailbox: to,
-                uid: new_uid,
-                modseq: ModSeq(dst_modseq),
-            },
-        ));
-        pairs.push((uid, new_uid));
-    }
-    if !pairs.is_empty() {
-        set_counters(conn, to, next, dst_modseq).await?;
-    }
-    if remove_source && !pairs.is_empty() {
-        let modseq = src.modseq + 1;
-        for (uid, _) in &pairs {
-            remove_from_mailbox(conn, from, *uid, modseq).await?;
-            events.push((
-                account,
-                Change::Expunged {
-                    mailbox: from,
-                    uid: *uid,
-                    modseq: ModSeq(modseq),
-                },
-            ));
-        }
-        set_counters(conn, from, src.uid_next, modseq).await?;
-    }
-    Ok(Copied {
-        uid_validity: dst.uid_validity,
-        uids: pairs,
-    })
-}
-
-async fn remove_from_mailbox(
-    conn: &mut SqliteConnection,
-    mailbox: MailboxId,
-    uid: Uid,
-    modseq: u64,
-) -> Result<()> {
-    sqlx::query("DELETE FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?")
-        .bind(mailbox.0)
-        .bind(i64::from(uid.0))
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)")
-        .bind(mailbox.0)
-        .bind(i64::from(uid.0))
-        .bind(db_u64(modseq)?)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn expunge(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    mailbox: MailboxId,
-    only: Option<&[Uid]>,
-    force: bool,
-    events: &mut Events,
-) -> Result<Vec<Uid>> {
-    let c = counters(conn, account, mailbox).await?;
-    let rows = sqlx::query(
-        "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? ORDER BY mm.uid",
-    )
-    .bind(mailbox.0)
-    .fetch_all(&mut *conn)
-    .await?;
-    let only: Option<HashSet<Uid>> = only.map(|u| u.iter().copied().collect());
-    let modseq = c.modseq + 1;
-    let mut expunged = Vec::new();
-    let mut freed = 0u64;
-    for row in rows {
-        let uid = Uid(int(row.try_get(0)?)?);
-        let flags = SystemFlags(u8::try_from(row.try_get::<i64, _>(1)? & 0x1f).unwrap_or(0));
-        let size: u64 = int(row.try_get(2)?)?;
-        let selected = only.as_ref().is_none_or(|set| set.contains(&uid));
-        let deleted = force || flags.contains(SystemFlags::DELETED);
-        if !(selected && deleted) {
-            continue;
-        }
-        remove_from_mailbox(conn, mailbox, uid, modseq).await?;
-        freed += size;
-        events.push((
-            account,
-            Change::Expunged {
-                mailbox,
-                uid,
-                modseq: ModSeq(modseq),
-            },
-        ));
-        expunged.push(uid);
-    }
-    if !expunged.is_empty() {
-        set_counters(conn, mailbox, c.uid_next, modseq).await?;
-        refund(conn, account, freed).await?;
-    }
-    Ok(expunged)
-}
-
 /// Validates a mailbox name and spells INBOX canonically.
 ///
 /// Names use `/` as hierarchy separator; refused: empty names or levels, leading or
@@ -1169,6 +326,8 @@ async fn next_uid_validity(conn: &mut SqliteConnection) -> Result<u32> {
     Ok(now.max(after))
 }
 
+/// Creates a mailbox inside an administrative transaction ([`Store::add_account`]'s default
+/// mailboxes); the writer has its own for CREATE.
 async fn create_mailbox(
     conn: &mut SqliteConnection,
     account: AccountId,
@@ -1205,89 +364,6 @@ async fn create_mailbox(
     .fetch_one(&mut *conn)
     .await?;
     Ok(MailboxId(id))
-}
-
-async fn delete_mailbox(conn: &mut SqliteConnection, account: AccountId, name: &str) -> Result<()> {
-    let name = normalize_mailbox_name(name)?;
-    if name == "INBOX" {
-        return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
-    }
-    let id: i64 = sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
-        .bind(account.0)
-        .bind(&name)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no mailbox {name}")))?;
-    let size: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ?",
-    )
-    .bind(id)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM mailbox_messages WHERE mailbox_id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM mailboxes WHERE id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    refund(conn, account, int(size)?).await
-}
-
-async fn rename_mailbox(
-    conn: &mut SqliteConnection,
-    account: AccountId,
-    from: &str,
-    to: &str,
-) -> Result<()> {
-    let from = normalize_mailbox_name(from)?;
-    let to = normalize_mailbox_name(to)?;
-    if from == "INBOX" {
-        return Err(StoreError::Invalid(
-            "INBOX is renamed by moving its messages".into(),
-        ));
-    }
-    if to == from || to.starts_with(&format!("{from}/")) {
-        return Err(StoreError::Invalid(format!("cannot rename {from} to {to}")));
-    }
-    let rows = sqlx::query(
-        "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
-    )
-    .bind(account.0)
-    .bind(&from)
-    .bind(i64::try_from(from.len() + 1).unwrap_or(i64::MAX))
-    .bind(format!("{from}/"))
-    .fetch_all(&mut *conn)
-    .await?;
-    if !rows
-        .iter()
-        .any(|r| r.try_get::<&str, _>(1).ok() == Some(from.as_str()))
-    {
-        return Err(StoreError::NotFound(format!("no mailbox {from}")));
-    }
-    for row in rows {
-        let id: i64 = row.try_get(0)?;
-        let old: &str = row.try_get(1)?;
-        let new_name = format!("{to}{}", &old[from.len()..]);
-        let clash: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
-                .bind(account.0)
-                .bind(&new_name)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if clash.is_some() {
-            return Err(StoreError::AlreadyExists(format!(
-                "mailbox {new_name} exists"
-            )));
-        }
-        sqlx::query("UPDATE mailboxes SET name = ? WHERE id = ?")
-            .bind(&new_name)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1402,11 +478,7 @@ impl Store for SqliteStore {
     }
 
     async fn is_hosted_domain(&self, name: &Domain) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM domains WHERE name = ?")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        self.lookups.is_hosted_domain(name)
     }
 
     async fn add_dkim_key(&self, key: crate::NewDkimKey) -> Result<()> {
@@ -1509,13 +581,7 @@ impl Store for SqliteStore {
     }
 
     async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>> {
-        let row = sqlx::query(
-            "SELECT id, address, display_name, quota_bytes, used_bytes FROM accounts WHERE id = ?",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(account_from_row).transpose()
+        self.lookups.account_by_id(id)
     }
 
     async fn set_password_hash(&self, address: &Address, hash: &str) -> Result<()> {
@@ -1702,39 +768,7 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
-        let mut candidates = vec![address.to_string()];
-        // Subaddressing (RFC 5233): user+tag@domain reaches user@domain.
-        if let Some((base, _tag)) = address.local().split_once('+')
-            && !base.is_empty()
-        {
-            candidates.push(format!("{base}@{}", address.domain()));
-        }
-        for candidate in &candidates {
-            let account: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM accounts WHERE address = ?")
-                    .bind(candidate)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if let Some(id) = account {
-                return Ok(vec![AccountId(id)]);
-            }
-            let targets: Vec<i64> = sqlx::query_scalar(
-                "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
-            )
-            .bind(candidate)
-            .fetch_all(&self.pool)
-            .await?;
-            if !targets.is_empty() {
-                return Ok(targets.into_iter().map(AccountId).collect());
-            }
-        }
-        let catch_all: Vec<i64> = sqlx::query_scalar(
-            "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
-        )
-        .bind(format!("@{}", address.domain()))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(catch_all.into_iter().map(AccountId).collect())
+        self.lookups.resolve_recipient(address)
     }
 
     async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>> {

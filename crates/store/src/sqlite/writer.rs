@@ -1,0 +1,1048 @@
+//! The group-commit writer: one dedicated OS thread owning one synchronous SQLite connection
+//! (rusqlite, cached prepared statements).
+//!
+//! Jobs arrive on a bounded tokio channel ([`super::QUEUE_DEPTH`]: callers wait for room, which
+//! is the backpressure); the thread blocks on it, takes every job waiting (up to
+//! [`MAX_BATCH`]) and runs the batch:
+//!
+//! 1. bodies larger than [`INLINE_BODY_MAX`] are written as files and made durable with one
+//!    filesystem sync, before any row refers to them;
+//! 2. one `BEGIN IMMEDIATE` transaction, each job inside its own SAVEPOINT (a failing job is
+//!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
+//! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
+//! 4. only then every caller is answered (tokio oneshot) and the change feed published;
+//! 5. when the WAL has grown past [`CHECKPOINT_FRAMES`], it is checkpointed, after the
+//!    answers rather than inside the COMMIT (SQLite's automatic checkpoint), so the callers
+//!    of that batch do not wait for it; jobs arriving meanwhile make the next batch bigger.
+//!
+//! Why a thread and not a task on sqlx's connection: sqlx-sqlite hands every statement to its
+//! own worker thread over a channel and back, ~7 hand-offs per delivery; here a statement is a
+//! function call, and the only hand-offs left are one wake-up per batch and one per answer.
+
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{INLINE_BODY_MAX, WriterStats, db_u64, int, normalize_mailbox_name};
+use crate::blob::{BlobHash, BlobStore, PendingBlob};
+use crate::error::{Result, StoreError};
+use crate::feed::{Change, ChangeFeed};
+use crate::queue::{DsnRet, QueueId, QueuedMessage};
+use crate::types::*;
+use crate::{Appended, Copied, FlagUpdate, NewMessage, unix_now};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Longest a statement waits for a lock held by another connection (the CLI, an
+/// administrative transaction from the pool).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prepared statements kept per connection (the writer uses about forty).
+const STATEMENT_CACHE: usize = 64;
+/// WAL size (in pages) past which the writer checkpoints: SQLite's default automatic
+/// checkpoint threshold.
+const CHECKPOINT_FRAMES: i32 = 1000;
+
+thread_local! {
+    /// Pages in the WAL after the writer thread's last commit (set by [`note_wal_size`]).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's WAL hook on the writer's connection: runs inside each COMMIT, on the writer
+/// thread, and only notes the WAL's size. Registering it replaces the automatic checkpoint.
+fn note_wal_size(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A mailbox write waiting for the writer.
+pub(super) struct Job {
+    pub(super) op: Op,
+    pub(super) reply: oneshot::Sender<Result<Output>>,
+}
+
+/// The mailbox writes the writer performs.
+pub(super) enum Op {
+    Append {
+        account: AccountId,
+        mailbox: MailboxId,
+        blob: PendingBlob,
+        message: NewMessage,
+    },
+    Deliver {
+        accounts: Vec<AccountId>,
+        blob: PendingBlob,
+        message: NewMessage,
+    },
+    StoreFlags {
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+        op: FlagOp,
+        flags: Flags,
+    },
+    Copy {
+        account: AccountId,
+        from: MailboxId,
+        to: MailboxId,
+        uids: Vec<Uid>,
+        remove_source: bool,
+    },
+    Expunge {
+        account: AccountId,
+        mailbox: MailboxId,
+        uids: Option<Vec<Uid>>,
+        force: bool,
+    },
+    CreateMailbox {
+        account: AccountId,
+        name: String,
+        special_use: Option<SpecialUse>,
+    },
+    DeleteMailbox {
+        account: AccountId,
+        name: String,
+    },
+    RenameMailbox {
+        account: AccountId,
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        account: AccountId,
+        name: String,
+        subscribed: bool,
+    },
+    Enqueue {
+        blob: PendingBlob,
+        message: QueuedMessage,
+    },
+}
+
+impl Op {
+    fn blob(&self) -> Option<&PendingBlob> {
+        match self {
+            Op::Append { blob, .. } | Op::Deliver { blob, .. } | Op::Enqueue { blob, .. } => {
+                Some(blob)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a job returns.
+pub(super) enum Output {
+    Appended(Appended),
+    Delivered(Vec<Result<Appended>>),
+    Flags(Vec<FlagUpdate>),
+    Copied(Copied),
+    Expunged(Vec<Uid>),
+    Mailbox(MailboxId),
+    Queued(QueueId),
+    Done,
+}
+
+/// Changes a job made, published after the batch commits.
+type Events = Vec<(AccountId, Change)>;
+
+/// Opens the writer's connection to `db` (already created and migrated) and starts the
+/// writer thread; returns the channel jobs go to. The thread ends when every sender is gone.
+pub(super) fn start(
+    db: &Path,
+    depth: usize,
+    blobs: Arc<BlobStore>,
+    feed: Arc<ChangeFeed>,
+    stats: Arc<WriterStats>,
+) -> Result<mpsc::Sender<Job>> {
+    let conn = open(db)?;
+    let (tx, rx) = mpsc::channel(depth);
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_thread(conn, rx, &blobs, &feed, &stats))
+        .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+    Ok(tx)
+}
+
+/// The writer's connection, with the same settings as the pool's: WAL, `synchronous=FULL`
+/// (a COMMIT returns once the WAL is fsynced), foreign keys, temporary tables in memory.
+fn open(db: &Path) -> Result<Connection> {
+    let conn = Connection::open(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!(
+            "cannot switch the database to WAL (journal mode is {mode})"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.wal_hook(Some(note_wal_size));
+    Ok(conn)
+}
+
+fn writer_thread(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    blobs: &BlobStore,
+    feed: &ChangeFeed,
+    stats: &WriterStats,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut batch, blobs, feed, stats);
+        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
+            WAL_FRAMES.set(0);
+            checkpoint(&conn);
+        }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the writer's connection");
+    }
+}
+
+/// Runs one batch, draining `batch`; every job is answered.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Job>,
+    blobs: &BlobStore,
+    feed: &ChangeFeed,
+    stats: &WriterStats,
+) {
+    // 1. The batch's large bodies are written and made durable (one filesystem sync) before
+    //    any row refers to them; small ones go into the transaction itself (step 2).
+    let pending: Vec<PendingBlob> = batch
+        .iter()
+        .filter_map(|j| j.op.blob())
+        .filter(|b| b.bytes.len() > INLINE_BODY_MAX)
+        .cloned()
+        .collect();
+    if !pending.is_empty()
+        && let Err(e) = blobs.write_batch(&pending)
+    {
+        tracing::error!(error = %e, "cannot write message bodies; failing batch");
+        fail_all(batch, &e);
+        return;
+    }
+    // 2. One transaction, one savepoint per job.
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        fail_all(batch, &e);
+        return;
+    }
+    let mut done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> =
+        Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        let mut events = Events::new();
+        let result = in_savepoint(conn, Savepoint::Job, |conn| {
+            apply(conn, job.op, &mut events)
+        });
+        if result.is_err() {
+            events.clear();
+        }
+        done.push((job.reply, result, events));
+    }
+    // 3. Commit: one WAL fsync for the whole batch.
+    if let Err(e) = exec(conn, "COMMIT") {
+        tracing::error!(error = %e, "batch commit failed");
+        if let Err(e) = exec(conn, "ROLLBACK") {
+            tracing::error!(error = %e, "rollback after a failed commit failed");
+        }
+        for (reply, _, _) in done {
+            let _ = reply.send(Err(e.clone_shallow()));
+        }
+        return;
+    }
+    // Counted before anyone is answered, so a caller sees its own commit in the figures.
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.jobs.fetch_add(done.len() as u64, Ordering::Relaxed);
+    // 4. Answer and publish.
+    for (reply, result, events) in done {
+        for (account, change) in events {
+            feed.publish(account, [change]);
+        }
+        let _ = reply.send(result);
+    }
+}
+
+/// Copies the WAL's pages into the database file (PASSIVE: never waits for readers; pages a
+/// reader still needs are left for the next checkpoint). A failure is logged and retried
+/// after a later commit: the WAL stays valid meanwhile.
+fn checkpoint(conn: &Connection) {
+    // The row: (blocked, pages in the WAL, pages copied).
+    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match done {
+        Ok((frames, copied)) => tracing::trace!(frames, copied, "WAL checkpoint"),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+    }
+}
+
+fn fail_all(batch: &mut Vec<Job>, e: &StoreError) {
+    for job in batch.drain(..) {
+        let _ = job.reply.send(Err(e.clone_shallow()));
+    }
+}
+
+impl StoreError {
+    /// A copy for fanning one failure out to several callers.
+    fn clone_shallow(&self) -> StoreError {
+        match self {
+            StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+            StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
+            StoreError::AlreadyExists(s) => StoreError::AlreadyExists(s.clone()),
+            StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+            StoreError::QuotaExceeded { used, quota, size } => StoreError::QuotaExceeded {
+                used: *used,
+                quota: *quota,
+                size: *size,
+            },
+            StoreError::Blob { path, message } => StoreError::Blob {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            StoreError::Database(s) => StoreError::Database(s.clone()),
+            StoreError::Closed => StoreError::Closed,
+        }
+    }
+}
+
+/// Runs a parameterless statement through the statement cache.
+fn exec(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// The two savepoint levels: one per job, one per recipient of a multi-recipient delivery.
+#[derive(Clone, Copy)]
+enum Savepoint {
+    Job,
+    Recipient,
+}
+
+impl Savepoint {
+    /// (open, release, roll back) statements.
+    fn sql(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Savepoint::Job => ("SAVEPOINT job", "RELEASE job", "ROLLBACK TO job"),
+            Savepoint::Recipient => ("SAVEPOINT inner", "RELEASE inner", "ROLLBACK TO inner"),
+        }
+    }
+}
+
+/// Ends a savepoint: released when its work succeeded, rolled back (and released) when it
+/// failed, so a failure leaves no trace in the batch's transaction.
+fn end_savepoint(conn: &Connection, level: Savepoint, succeeded: bool) -> Result<()> {
+    let (_, release, rollback) = level.sql();
+    if !succeeded {
+        exec(conn, rollback)?;
+    }
+    exec(conn, release)
+}
+
+/// Runs `f` inside a savepoint (see [`end_savepoint`]).
+fn in_savepoint<T>(
+    conn: &Connection,
+    level: Savepoint,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    exec(conn, level.sql().0)?;
+    let result = f(conn);
+    end_savepoint(conn, level, result.is_ok())?;
+    result
+}
+
+fn apply(conn: &Connection, op: Op, events: &mut Events) -> Result<Output> {
+    if let Some(blob) = op.blob() {
+        store_inline(conn, blob)?;
+    }
+    match op {
+        Op::Append {
+            account,
+            mailbox,
+            blob,
+            message,
+        } => append_one(
+            conn,
+            account,
+            Target::Mailbox(mailbox),
+            &blob.hash,
+            &message,
+            events,
+        )
+        .map(Output::Appended),
+        Op::Deliver {
+            accounts,
+            blob,
+            message,
+        } => {
+            let mut results = Vec::with_capacity(accounts.len());
+            if let [account] = accounts[..] {
+                // One recipient: the job's own savepoint undoes a failure.
+                let appended =
+                    append_one(conn, account, Target::Inbox, &blob.hash, &message, events)?;
+                results.push(Ok(appended));
+            } else {
+                // Several: each account in its own savepoint, so one full mailbox does not
+                // keep the message from the others.
+                for account in accounts {
+                    exec(conn, Savepoint::Recipient.sql().0)?;
+                    let mut mine = Events::new();
+                    let r = append_one(
+                        conn,
+                        account,
+                        Target::Inbox,
+                        &blob.hash,
+                        &message,
+                        &mut mine,
+                    );
+                    end_savepoint(conn, Savepoint::Recipient, r.is_ok())?;
+                    if r.is_ok() {
+                        events.append(&mut mine);
+                    }
+                    results.push(r);
+                }
+            }
+            Ok(Output::Delivered(results))
+        }
+        Op::StoreFlags {
+            account,
+            mailbox,
+            uids,
+            op,
+            flags,
+        } => store_flags(conn, account, mailbox, &uids, op, &flags, events).map(Output::Flags),
+        Op::Copy {
+            account,
+            from,
+            to,
+            uids,
+            remove_source,
+        } => copy(conn, account, from, to, &uids, remove_source, events).map(Output::Copied),
+        Op::Expunge {
+            account,
+            mailbox,
+            uids,
+            force,
+        } => expunge(conn, account, mailbox, uids.as_deref(), force, events).map(Output::Expunged),
+        Op::CreateMailbox {
+            account,
+            name,
+            special_use,
+        } => {
+            let id = create_mailbox(conn, account, &name, special_use)?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Mailbox(id))
+        }
+        Op::DeleteMailbox { account, name } => {
+            delete_mailbox(conn, account, &name)?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::RenameMailbox { account, from, to } => {
+            rename_mailbox(conn, account, &from, &to)?;
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::Subscribe {
+            account,
+            name,
+            subscribed,
+        } => {
+            let name = normalize_mailbox_name(&name)?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
+                )?
+                .execute(params![subscribed, account.0, name])?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("no mailbox {name}")));
+            }
+            events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::Enqueue { blob, message } => enqueue(conn, &blob.hash, &message).map(Output::Queued),
+    }
+}
+
+/// Inserts a queued message and its recipients (inside the writer's transaction).
+fn enqueue(conn: &Connection, hash: &BlobHash, message: &QueuedMessage) -> Result<QueueId> {
+    let now = unix_now();
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO queue (blob_hash, size, sender, account_id, dsn_envid, dsn_ret, created_at, next_attempt, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )?
+        .query_row(
+            params![
+                hash.to_hex(),
+                db_u64(message.bytes.len() as u64)?,
+                message
+                    .sender
+                    .as_ref()
+                    .map(Address::to_string)
+                    .unwrap_or_default(),
+                message.account.map(|a| a.0),
+                message.dsn_envid.as_deref(),
+                message.dsn_ret.map(DsnRet::as_str),
+                now,
+                now,
+                message.expires_at,
+            ],
+            |r| r.get(0),
+        )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO queue_recipients (queue_id, position, address, dsn_orcpt, dsn_notify, next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
+    )?;
+    for (position, rcpt) in message.recipients.iter().enumerate() {
+        insert.execute(params![
+            id,
+            db_u64(position as u64)?,
+            rcpt.address.to_string(),
+            rcpt.orcpt.as_deref(),
+            i64::from(rcpt.notify.0),
+            now,
+        ])?;
+    }
+    Ok(QueueId(id))
+}
+
+/// Stores a small body in `inline_blobs` (large ones were written as files already).
+fn store_inline(conn: &Connection, blob: &PendingBlob) -> Result<()> {
+    if blob.bytes.len() > INLINE_BODY_MAX {
+        return Ok(());
+    }
+    conn.prepare_cached("INSERT OR IGNORE INTO inline_blobs (hash, data) VALUES (?, ?)")?
+        .execute(params![blob.hash.to_hex(), blob.bytes.as_slice()])?;
+    Ok(())
+}
+
+/// A mailbox's counters, read inside the writer's transaction.
+struct Counters {
+    uid_validity: UidValidity,
+    uid_next: u32,
+    modseq: u64,
+}
+
+fn counters(conn: &Connection, account: AccountId, mailbox: MailboxId) -> Result<Counters> {
+    let row: Option<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = ? AND account_id = ?",
+        )?
+        .query_row(params![mailbox.0, account.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let (uid_validity, uid_next, modseq) =
+        row.ok_or_else(|| StoreError::NotFound("no such mailbox".into()))?;
+    Ok(Counters {
+        uid_validity: UidValidity(int(uid_validity)?),
+        uid_next: int(uid_next)?,
+        modseq: int(modseq)?,
+    })
+}
+
+fn set_counters(conn: &Connection, mailbox: MailboxId, uid_next: u32, modseq: u64) -> Result<()> {
+    conn.prepare_cached("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?")?
+        .execute(params![i64::from(uid_next), db_u64(modseq)?, mailbox.0])?;
+    Ok(())
+}
+
+/// The account's (quota, used) bytes; `None` when there is no such account.
+fn usage(conn: &Connection, account: AccountId) -> Result<Option<(i64, i64)>> {
+    Ok(conn
+        .prepare_cached("SELECT quota_bytes, used_bytes FROM accounts WHERE id = ?")?
+        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Adds `size` bytes to the account's usage, refusing when over quota.
+fn charge(conn: &Connection, account: AccountId, size: u64) -> Result<()> {
+    let (quota, used) = usage(conn, account)?
+        .ok_or_else(|| StoreError::NotFound(format!("no account {account}")))?;
+    let quota: u64 = int(quota)?;
+    let used: u64 = int(used)?;
+    if quota > 0 && used.saturating_add(size) > quota {
+        return Err(StoreError::QuotaExceeded { used, quota, size });
+    }
+    conn.prepare_cached("UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?")?
+        .execute(params![db_u64(size)?, account.0])?;
+    Ok(())
+}
+
+fn refund(conn: &Connection, account: AccountId, size: u64) -> Result<()> {
+    conn.prepare_cached("UPDATE accounts SET used_bytes = MAX(0, used_bytes - ?) WHERE id = ?")?
+        .execute(params![db_u64(size)?, account.0])?;
+    Ok(())
+}
+
+/// Where [`append_one`] puts a message.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A mailbox of the account.
+    Mailbox(MailboxId),
+    /// The account's INBOX (delivery).
+    Inbox,
+}
+
+/// Appends one message in four statements (the hot path of delivery): charge the quota,
+/// take a UID and MODSEQ, insert the message row and its mailbox row. The caller's
+/// savepoint undoes the earlier statements when a later one fails.
+fn append_one(
+    conn: &Connection,
+    account: AccountId,
+    target: Target,
+    hash: &BlobHash,
+    message: &NewMessage,
+    events: &mut Events,
+) -> Result<Appended> {
+    let size = db_u64(message.bytes.len() as u64)?;
+    let charged: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE accounts SET used_bytes = used_bytes + ?1 WHERE id = ?2 AND (quota_bytes = 0 OR used_bytes + ?1 <= quota_bytes) RETURNING used_bytes",
+        )?
+        .query_row(params![size, account.0], |r| r.get(0))
+        .optional()?;
+    if charged.is_none() {
+        return Err(quota_refusal(conn, account, size));
+    }
+    // RFC 3501 §2.3.1.1: UIDs ascend and are never reused; 2^32-1 is the last one.
+    let take = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, i64, i64, i64)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    };
+    let row = match target {
+        Target::Mailbox(id) => conn
+            .prepare_cached(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE id = ? AND account_id = ? AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
+            )?
+            .query_row(params![id.0, account.0], take)
+            .optional()?,
+        Target::Inbox => conn
+            .prepare_cached(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE account_id = ? AND name = 'INBOX' AND uidnext < 4294967295 RETURNING id, uidvalidity, uidnext - 1, highestmodseq",
+            )?
+            .query_row([account.0], take)
+            .optional()?,
+    };
+    let (mailbox, uid_validity, uid, modseq) = row.ok_or_else(|| {
+        StoreError::NotFound("no such mailbox (or its UIDs are exhausted)".into())
+    })?;
+    let mailbox = MailboxId(mailbox);
+    let uid_validity = UidValidity(int(uid_validity)?);
+    let uid = Uid(int(uid)?);
+    let message_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO messages (account_id, blob_hash, size, internal_date, tz_offset) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )?
+        .query_row(
+            params![
+                account.0,
+                hash.to_hex(),
+                size,
+                message.internal_date,
+                message.tz_offset_minutes,
+            ],
+            |r| r.get(0),
+        )?;
+    conn.prepare_cached(
+        "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        mailbox.0,
+        i64::from(uid.0),
+        message_id,
+        i64::from(message.flags.system.0),
+        message.flags.keywords_text(),
+        modseq,
+    ])?;
+    events.push((
+        account,
+        Change::Appended {
+            mailbox,
+            uid,
+            modseq: ModSeq(int(modseq)?),
+        },
+    ));
+    Ok(Appended {
+        account,
+        mailbox,
+        uid_validity,
+        uid,
+        message: MessageId(message_id),
+    })
+}
+
+/// Why charging `size` bytes failed: no such account, or over quota.
+fn quota_refusal(conn: &Connection, account: AccountId, size: i64) -> StoreError {
+    match usage(conn, account) {
+        Ok(Some((quota, used))) => StoreError::QuotaExceeded {
+            used: u64::try_from(used).unwrap_or(0),
+            quota: u64::try_from(quota).unwrap_or(0),
+            size: u64::try_from(size).unwrap_or(0),
+        },
+        Ok(None) => StoreError::NotFound(format!("no account {account}")),
+        Err(e) => e,
+    }
+}
+
+fn sorted_unique(uids: &[Uid]) -> Vec<Uid> {
+    uids.iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn store_flags(
+    conn: &Connection,
+    account: AccountId,
+    mailbox: MailboxId,
+    uids: &[Uid],
+    op: FlagOp,
+    flags: &Flags,
+    events: &mut Events,
+) -> Result<Vec<FlagUpdate>> {
+    let c = counters(conn, account, mailbox)?;
+    let modseq = c.modseq + 1;
+    let mut updates = Vec::new();
+    let mut select = conn.prepare_cached(
+        "SELECT flags, keywords FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE mailbox_messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+    )?;
+    for uid in sorted_unique(uids) {
+        let row: Option<(i64, String)> = select
+            .query_row(params![mailbox.0, i64::from(uid.0)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((system, keywords)) = row else {
+            continue;
+        };
+        let old = Flags::from_stored(system, &keywords);
+        let mut new = old.clone();
+        match op {
+            FlagOp::Replace => new = flags.clone(),
+            FlagOp::Add => {
+                new.system.0 |= flags.system.0;
+                new.keywords.extend(flags.keywords.iter().cloned());
+            }
+            FlagOp::Remove => {
+                new.system.0 &= !flags.system.0;
+                new.keywords.retain(|k| !flags.keywords.contains(k));
+            }
+        }
+        if new.keywords.len() > MAX_KEYWORDS {
+            return Err(StoreError::Invalid(format!(
+                "more than {MAX_KEYWORDS} keywords on one message"
+            )));
+        }
+        if new == old {
+            continue;
+        }
+        update.execute(params![
+            i64::from(new.system.0),
+            new.keywords_text(),
+            db_u64(modseq)?,
+            mailbox.0,
+            i64::from(uid.0),
+        ])?;
+        events.push((
+            account,
+            Change::FlagsChanged {
+                mailbox,
+                uid,
+                modseq: ModSeq(modseq),
+            },
+        ));
+        updates.push(FlagUpdate {
+            uid,
+            flags: new,
+            modseq: ModSeq(modseq),
+        });
+    }
+    if !updates.is_empty() {
+        set_counters(conn, mailbox, c.uid_next, modseq)?;
+    }
+    Ok(updates)
+}
+
+fn copy(
+    conn: &Connection,
+    account: AccountId,
+    from: MailboxId,
+    to: MailboxId,
+    uids: &[Uid],
+    remove_source: bool,
+    events: &mut Events,
+) -> Result<Copied> {
+    let src = counters(conn, account, from)?;
+    let dst = counters(conn, account, to)?;
+    if from == to && remove_source {
+        return Err(StoreError::Invalid(
+            "cannot move messages into the same mailbox".into(),
+        ));
+    }
+    let mut next = dst.uid_next;
+    let dst_modseq = dst.modseq + 1;
+    let mut pairs = Vec::new();
+    let mut select = conn.prepare_cached(
+        "SELECT mm.message_id, mm.flags, mm.keywords, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? AND mm.uid = ?",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags, keywords, modseq) VALUES (?, ?, ?, ?, ?, ?)",
+    )?;
+    for uid in sorted_unique(uids) {
+        let row: Option<(i64, i64, String, i64)> = select
+            .query_row(params![from.0, i64::from(uid.0)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((message_id, flags, keywords, size)) = row else {
+            continue;
+        };
+        let size: u64 = int(size)?;
+        if !remove_source {
+            // A move neither adds nor frees space; a copy does add.
+            charge(conn, account, size)?;
+        }
+        let new_uid = Uid(next);
+        next = next
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Conflict("mailbox UIDs exhausted".into()))?;
+        insert.execute(params![
+            to.0,
+            i64::from(new_uid.0),
+            message_id,
+            flags,
+            keywords,
+            db_u64(dst_modseq)?,
+        ])?;
+        events.push((
+            account,
+            Change::Appended {
+                mailbox: to,
+                uid: new_uid,
+                modseq: ModSeq(dst_modseq),
+            },
+        ));
+        pairs.push((uid, new_uid));
+    }
+    if !pairs.is_empty() {
+        set_counters(conn, to, next, dst_modseq)?;
+    }
+    if remove_source && !pairs.is_empty() {
+        let modseq = src.modseq + 1;
+        for (uid, _) in &pairs {
+            remove_from_mailbox(conn, from, *uid, modseq)?;
+            events.push((
+                account,
+                Change::Expunged {
+                    mailbox: from,
+                    uid: *uid,
+                    modseq: ModSeq(modseq),
+                },
+            ));
+        }
+        set_counters(conn, from, src.uid_next, modseq)?;
+    }
+    Ok(Copied {
+        uid_validity: dst.uid_validity,
+        uids: pairs,
+    })
+}
+
+fn remove_from_mailbox(conn: &Connection, mailbox: MailboxId, uid: Uid, modseq: u64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM mailbox_messages WHERE mailbox_id = ? AND uid = ?")?
+        .execute(params![mailbox.0, i64::from(uid.0)])?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+    )?
+    .execute(params![mailbox.0, i64::from(uid.0), db_u64(modseq)?])?;
+    Ok(())
+}
+
+fn expunge(
+    conn: &Connection,
+    account: AccountId,
+    mailbox: MailboxId,
+    only: Option<&[Uid]>,
+    force: bool,
+    events: &mut Events,
+) -> Result<Vec<Uid>> {
+    let c = counters(conn, account, mailbox)?;
+    let rows: Vec<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? ORDER BY mm.uid",
+        )?
+        .query_map([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let only: Option<HashSet<Uid>> = only.map(|u| u.iter().copied().collect());
+    let modseq = c.modseq + 1;
+    let mut expunged = Vec::new();
+    let mut freed = 0u64;
+    for (uid, flags, size) in rows {
+        let uid = Uid(int(uid)?);
+        let flags = SystemFlags(u8::try_from(flags & 0x1f).unwrap_or(0));
+        let size: u64 = int(size)?;
+        let selected = only.as_ref().is_none_or(|set| set.contains(&uid));
+        let deleted = force || flags.contains(SystemFlags::DELETED);
+        if !(selected && deleted) {
+            continue;
+        }
+        remove_from_mailbox(conn, mailbox, uid, modseq)?;
+        freed += size;
+        events.push((
+            account,
+            Change::Expunged {
+                mailbox,
+                uid,
+                modseq: ModSeq(modseq),
+            },
+        ));
+        expunged.push(uid);
+    }
+    if !expunged.is_empty() {
+        set_counters(conn, mailbox, c.uid_next, modseq)?;
+        refund(conn, account, freed)?;
+    }
+    Ok(expunged)
+}
+
+/// A UIDVALIDITY never given before in this database (RFC 3501 §2.3.1.1: a recreated
+/// mailbox must get a new one).
+fn next_uid_validity(conn: &Connection) -> Result<u32> {
+    let max: Option<i64> = conn
+        .prepare_cached("SELECT MAX(uidvalidity) FROM mailboxes")?
+        .query_row([], |r| r.get(0))?;
+    let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
+    let after = max
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0)
+        .saturating_add(1);
+    Ok(now.max(after))
+}
+
+/// The id of the account's mailbox called `name` (normalised already).
+fn mailbox_id(conn: &Connection, account: AccountId, name: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")?
+        .query_row(params![account.0, name], |r| r.get(0))
+        .optional()?)
+}
+
+fn create_mailbox(
+    conn: &Connection,
+    account: AccountId,
+    name: &str,
+    special_use: Option<SpecialUse>,
+) -> Result<MailboxId> {
+    let name = normalize_mailbox_name(name)?;
+    let count: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM mailboxes WHERE account_id = ?")?
+        .query_row([account.0], |r| r.get(0))?;
+    if count >= super::MAX_MAILBOXES {
+        return Err(StoreError::Invalid(format!(
+            "more than {} mailboxes",
+            super::MAX_MAILBOXES
+        )));
+    }
+    if mailbox_id(conn, account, &name)?.is_some() {
+        return Err(StoreError::AlreadyExists(format!("mailbox {name} exists")));
+    }
+    let uid_validity = next_uid_validity(conn)?;
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed) VALUES (?, ?, ?, ?, 1, 1, 1) RETURNING id",
+        )?
+        .query_row(
+            params![
+                account.0,
+                name,
+                special_use.map(SpecialUse::attribute),
+                i64::from(uid_validity),
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(MailboxId(id))
+}
+
+fn delete_mailbox(conn: &Connection, account: AccountId, name: &str) -> Result<()> {
+    let name = normalize_mailbox_name(name)?;
+    if name == "INBOX" {
+        return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+    }
+    let id = mailbox_id(conn, account, &name)?
+        .ok_or_else(|| StoreError::NotFound(format!("no mailbox {name}")))?;
+    let size: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ?",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    conn.prepare_cached("DELETE FROM mailbox_messages WHERE mailbox_id = ?")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM mailboxes WHERE id = ?")?
+        .execute([id])?;
+    refund(conn, account, int(size)?)
+}
+
+fn rename_mailbox(conn: &Connection, account: AccountId, from: &str, to: &str) -> Result<()> {
+    let from = normalize_mailbox_name(from)?;
+    let to = normalize_mailbox_name(to)?;
+    if from == "INBOX" {
+        return Err(StoreError::Invalid(
+            "INBOX is renamed by moving its messages".into(),
+        ));
+    }
+    if to == from || to.starts_with(&format!("{from}/")) {
+        return Err(StoreError::Invalid(format!("cannot rename {from} to {to}")));
+    }
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)",
+        )?
+        .query_map(
+            params![
+                account.0,
+                from,
+                i64::try_from(from.len() + 1).unwrap_or(i64::MAX),
+                format!("{from}/"),
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    if !rows.iter().any(|(_, name)| *name == from) {
+        return Err(StoreError::NotFound(format!("no mailbox {from}")));
+    }
+    for (id, old) in rows {
+        let new_name = format!("{to}{}", &old[from.len()..]);
+        if mailbox_id(conn, account, &new_name)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "mailbox {new_name} exists"
+            )));
+        }
+        conn.prepare_cached("UPDATE mailboxes SET name = ? WHERE id = ?")?
+            .execute(params![new_name, id])?;
+    }
+    Ok(())
+}
