@@ -24,6 +24,7 @@
 //! - A queued message ([`Store::enqueue`]) follows the same blob-before-row rule and the same
 //!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
+mod acme;
 mod blob;
 mod dkim;
 mod error;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use acme::AcmeCertificate;
 pub use blob::{BlobHash, BlobStore};
 pub use dkim::{DkimAlgorithm, DkimKey, NewDkimKey};
 pub use error::{Result, StoreError};
@@ -282,6 +284,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn retire_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
     /// Deletes a key (its DNS record can then go).
     async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
+
+    // ---- ACME state (the `acme` crate decides; the store keeps) ----
+
+    /// The ACME account credentials (instant-acme's JSON) for a directory URL.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
+    /// Saves (or replaces) the ACME account credentials for a directory URL.
+    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()>;
+    /// Every ACME-ordered certificate's state, by id.
+    async fn acme_certificates(&self) -> Result<Vec<AcmeCertificate>>;
+    /// Saves (inserts or replaces) one certificate's state.
+    async fn save_acme_certificate(&self, cert: &AcmeCertificate) -> Result<()>;
 
     // ---- accounts ----
 

@@ -50,6 +50,7 @@ const MAX_MAILBOX_NAME: usize = 512;
 /// Most mailboxes per account.
 const MAX_MAILBOXES: i64 = 10_000;
 
+mod acme_ops;
 mod dkim_ops;
 mod queue_ops;
 
@@ -59,6 +60,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0003_inline_bodies.sql"),
     include_str!("../migrations/sqlite/0004_outbound.sql"),
     include_str!("../migrations/sqlite/0005_dkim.sql"),
+    include_str!("../migrations/sqlite/0006_acme.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -1419,6 +1421,22 @@ impl Store for SqliteStore {
 
     async fn retire_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()> {
         self.dkim_change(domain, selector, false).await
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
+        self.acme_account_get(directory).await
+    }
+
+    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
+        self.acme_account_put(directory, credentials).await
+    }
+
+    async fn acme_certificates(&self) -> Result<Vec<crate::AcmeCertificate>> {
+        self.acme_certificates_list().await
+    }
+
+    async fn save_acme_certificate(&self, cert: &crate::AcmeCertificate) -> Result<()> {
+        self.acme_certificate_put(cert).await
     }
 
     async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()> {

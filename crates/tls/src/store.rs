@@ -51,6 +51,8 @@ pub struct CertInfo {
 pub struct CertStore {
     origin: Origin,
     served: RwLock<Served>,
+    /// Pending TLS-ALPN-01 challenge certificates (RFC 8737 §3), by lowercase name.
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 enum Origin {
@@ -230,6 +232,7 @@ impl CertStore {
         Ok(Arc::new(CertStore {
             origin,
             served: RwLock::new(served),
+            alpn_challenges: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -324,6 +327,37 @@ impl CertStore {
             }
         }
         self.served_mut().install(clean, key);
+    }
+
+    /// Publishes the TLS-ALPN-01 challenge certificate for `name` (RFC 8737 §3): a ClientHello
+    /// for `name` offering the `acme-tls/1` protocol gets `key`, nothing else does.
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut map = self
+            .alpn_challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(name, key);
+    }
+
+    /// Withdraws the TLS-ALPN-01 challenge certificate for `name`.
+    pub fn remove_alpn_challenge(&self, name: &str) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut map = self
+            .alpn_challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(&name);
+    }
+
+    /// The challenge certificate for an `acme-tls/1` ClientHello naming `sni`.
+    fn alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.trim_end_matches('.').to_ascii_lowercase();
+        let map = self
+            .alpn_challenges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(&name).cloned()
     }
 
     /// Files mode: re-reads every pair whose certificate or key file changed (mtime or length)
@@ -422,6 +456,14 @@ struct SniResolver(Arc<CertStore>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737 §3: a validation handshake offers only `acme-tls/1`; it gets the challenge
+        // certificate or nothing, never a served certificate.
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::ACME_TLS_ALPN));
+        if acme {
+            return self.0.alpn_challenge(hello.server_name());
+        }
         self.0.served().lookup(hello.server_name())
     }
 }

@@ -1,0 +1,33 @@
+//! ACME state as stored (migration 0006): the CA account and one row per ordered certificate.
+//! The store only keeps it; the `acme` crate decides what to order and when.
+
+/// The state of one certificate Tessera orders by ACME.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcmeCertificate {
+    /// The certificate's first name (the mail host, or a hosted domain): the row's key.
+    pub id: String,
+    /// The names the current certificate covers (empty before the first issuance).
+    pub names: Vec<String>,
+    /// The current full chain, PEM, leaf first.
+    pub chain_pem: Option<String>,
+    /// The current certificate's private key, PKCS#8 PEM.
+    pub key_pem: Option<String>,
+    /// The current certificate's issuer (distinguished name).
+    pub issuer: Option<String>,
+    /// Start of the current certificate's validity (Unix time).
+    pub not_before: Option<i64>,
+    /// End of the current certificate's validity (Unix time).
+    pub not_after: Option<i64>,
+    /// When the last attempt ran (Unix time).
+    pub last_attempt: Option<i64>,
+    /// The last attempt's outcome: `issued`, `failed` or `skipped`.
+    pub last_result: Option<String>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Names left out of the last order, each with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// When the next attempt is due (Unix time); `None` = at once.
+    pub next_attempt: Option<i64>,
+}
