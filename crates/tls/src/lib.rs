@@ -124,6 +124,20 @@ pub fn certified_key_from_pem(
     pem::certify(chain, key, here, here)
 }
 
+/// The names, issuer and not-after of the leaf (first) certificate in the PEM file at `path`.
+pub fn read_cert_info(path: &Path) -> Result<CertInfo, TlsError> {
+    let chain = pem::read_chain(path)?;
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
+        path: path.to_owned(),
+    })?;
+    let facts = pem::cert_facts(leaf).map_err(|e| TlsError::bad_cert(path, e))?;
+    Ok(CertInfo {
+        names: facts.dns_names,
+        issuer: facts.issuer,
+        not_after: facts.not_after,
+    })
+}
+
 /// The crypto provider used for every configuration this crate builds: aws-lc-rs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
