@@ -364,9 +364,14 @@ pub async fn certificate_groups(hostname: &str, store: &dyn Store) -> Result<Vec
         .map(|d| d.name.to_string())
         .collect();
     let mut groups = CertStore::name_groups(hostname, &domains);
-    // Thunderbird's MX-based look-up asks autoconfig.<base domain of the mail host>.
+    // Thunderbird's MX-based look-up asks autoconfig.<base domain of the mail host>; when
+    // that base domain is hosted, its own group has the name already.
+    let extra: Vec<String> = web::extra_certificate_names(hostname)
+        .into_iter()
+        .filter(|name| !groups.iter().flatten().any(|n| n == name))
+        .collect();
     if let Some(host_group) = groups.first_mut() {
-        host_group.extend(web::extra_certificate_names(hostname));
+        host_group.extend(extra);
     }
     Ok(groups)
 }
