@@ -22,6 +22,8 @@ use crate::{AcmeConfig, AcmeError};
 const ISSUED: &str = "issued";
 const FAILED: &str = "failed";
 const SKIPPED: &str = "skipped";
+/// RFC 8555 §6.7: the request's account is unknown to the CA.
+const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 
 /// The names one certificate should cover; `id` is the first name (the mail host or domain).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,9 +340,10 @@ impl Manager {
 
     /// The account for the configured directory: cached, else restored from the store, else
     /// created (and stored).
-    async fn account(&self) -> Result<Account, AcmeError> {
+    /// With `fresh`, stored credentials are ignored and replaced by a new account.
+    async fn account(&self, fresh: bool) -> Result<Account, AcmeError> {
         let mut cached = self.account.lock().await;
-        if let Some(account) = cached.as_ref() {
+        if let Some(account) = cached.as_ref().filter(|_| !fresh) {
             return Ok(account.clone());
         }
         let directory = &self.config.directory_url;
@@ -352,7 +355,11 @@ impl Manager {
             Some(path) => Account::builder_with_root(path),
             None => Account::builder(),
         };
-        let account = match self.store.acme_account(directory).await? {
+        let stored = match fresh {
+            true => None,
+            false => self.store.acme_account(directory).await?,
+        };
+        let account = match stored {
             Some(json) => {
                 let credentials: AccountCredentials =
                     serde_json::from_str(&json).map_err(|source| AcmeError::Credentials {
@@ -406,20 +413,25 @@ impl Manager {
             directory: directory.clone(),
             source,
         };
-        let account = match self.account().await {
-            Ok(account) => account,
-            Err(e) => {
-                // A failed restore is retried from scratch next time.
-                *self.account.lock().await = None;
-                return Err(e);
-            }
-        };
+        let account = self.account(false).await?;
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(ca)?;
+        let new_order = NewOrder::new(&identifiers);
+        let mut order = match account.new_order(&new_order).await {
+            // RFC 8555 §7.3: a CA that lost the account (a reset test CA, a deactivated
+            // account) gets a new one, and the order is tried once more with it.
+            Err(instant_acme::Error::Api(problem))
+                if problem.r#type.as_deref() == Some(ACCOUNT_DOES_NOT_EXIST) =>
+            {
+                tracing::warn!(%directory, "ACME: the CA does not know the stored account; creating a new one");
+                self.account(true)
+                    .await?
+                    .new_order(&new_order)
+                    .await
+                    .map_err(ca)?
+            }
+            other => other.map_err(ca)?,
+        };
         let mut published = Published::new(self.http01.clone(), self.certs.clone());
         {
             let mut authorizations = order.authorizations();

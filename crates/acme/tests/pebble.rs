@@ -25,7 +25,7 @@ async fn sleep_until_unix(t: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues_one_certificate_for_the_domain_names_and_skips_a_foreign_name() {
-    let site = site(&[ChallengeKind::Http01], 3600, false).await;
+    let site = site(&[ChallengeKind::Http01], 3600, false, 30).await;
     site.dns.set_a("smtp.example.test", ELSEWHERE).await;
     let wanted = group(&[
         "example.test",
@@ -90,7 +90,7 @@ async fn http_01_issues_one_certificate_for_the_domain_names_and_skips_a_foreign
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_and_renews_at_two_thirds_of_the_lifetime_keeping_the_key() {
     // 9-second certificates: renewal is due 6 seconds after not-before.
-    let site = site(&[ChallengeKind::TlsAlpn01], 9, true).await;
+    let site = site(&[ChallengeKind::TlsAlpn01], 9, true, 30).await;
     let wanted = group(&["mail.example.test"]);
     let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
     assert_eq!(
@@ -129,7 +129,7 @@ async fn tls_alpn_01_issues_and_renews_at_two_thirds_of_the_lifetime_keeping_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_do_not_resolve_here_are_skipped_and_nothing_is_ordered() {
-    let site = site(&[ChallengeKind::Http01], 3600, false).await;
+    let site = site(&[ChallengeKind::Http01], 3600, false, 30).await;
     site.dns.set_a("foreign.test", ELSEWHERE).await;
     site.dns.set_a("autoconfig.foreign.test", ELSEWHERE).await;
     let wanted = group(&["foreign.test", "autoconfig.foreign.test"]);
@@ -156,8 +156,14 @@ async fn names_that_do_not_resolve_here_are_skipped_and_nothing_is_ordered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ca_down_keeps_the_old_certificate_and_schedules_a_retry_with_back_off() {
-    let mut site = site(&[ChallengeKind::Http01, ChallengeKind::TlsAlpn01], 9, false).await;
+async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
+    let mut site = site(
+        &[ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+        9,
+        false,
+        2,
+    )
+    .await;
     let wanted = group(&["mail.example.test"]);
     let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
     assert!(
@@ -181,7 +187,7 @@ async fn ca_down_keeps_the_old_certificate_and_schedules_a_retry_with_back_off()
         panic!("expected a failure with the CA down: {reports:?}");
     };
     assert!(
-        *retry_at >= started + 30,
+        *retry_at >= started + 2,
         "first retry after retry_base: {retry_at}"
     );
     assert!(error.contains("ACME CA"), "{error}");
@@ -204,4 +210,21 @@ async fn ca_down_keeps_the_old_certificate_and_schedules_a_retry_with_back_off()
             until: row.next_attempt.unwrap()
         }
     );
+
+    // The CA comes back (a fresh pebble: new root, and it forgot our account); after the
+    // back-off the retry gets a new certificate, through a new account.
+    site.pebble.restart().await;
+    sleep_until_unix(row.next_attempt.unwrap()).await;
+    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    assert!(
+        matches!(reports[0].action, Action::Issued(_)),
+        "{reports:?}\npebble log:\n{}",
+        site.pebble.log()
+    );
+    let new_root = site.pebble.root().await;
+    let after = handshake(site.https, "mail.example.test", &new_root).await;
+    assert_ne!(after, before);
+    let row = site.store.acme_certificates().await.unwrap().remove(0);
+    assert_eq!(row.last_result.as_deref(), Some("issued"));
+    assert_eq!(row.failures, 0);
 }

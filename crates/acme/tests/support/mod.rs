@@ -34,7 +34,13 @@ impl Drop for Site {
 
 /// Starts DNS, pebble (certificates valid `validity_secs`) and the listeners; the manager
 /// answers the challenges in `challenges` order and keeps keys when `keep_key`.
-pub async fn site(challenges: &[ChallengeKind], validity_secs: u64, keep_key: bool) -> Site {
+/// A failed attempt is retried after `retry_base_secs`.
+pub async fn site(
+    challenges: &[ChallengeKind],
+    validity_secs: u64,
+    keep_key: bool,
+    retry_base_secs: u64,
+) -> Site {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("acme=debug,info")
         .with_test_writer()
@@ -91,7 +97,7 @@ pub async fn site(challenges: &[ChallengeKind], validity_secs: u64, keep_key: bo
     config.challenges = challenges.to_vec();
     config.keep_key = keep_key;
     config.check_interval = Duration::from_secs(2);
-    config.retry_base = Duration::from_secs(30);
+    config.retry_base = Duration::from_secs(retry_base_secs);
     config.retry_max = Duration::from_secs(60);
     config.order_timeout = Duration::from_secs(20);
     let resolver = dns::HickoryResolver::new(Some(dns.dns), Duration::from_secs(2)).unwrap();

@@ -91,6 +91,9 @@ impl ChallTestSrv {
 /// A running pebble with its own WFE certificate authority.
 pub struct Pebble {
     child: Option<Child>,
+    config_path: PathBuf,
+    dns: SocketAddr,
+    listen: SocketAddr,
     pub dir: PathBuf,
     /// The ACME directory URL.
     pub directory: String,
@@ -144,11 +147,32 @@ impl Pebble {
         });
         let config_path = dir.join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
+        let mut pebble = Pebble {
+            child: None,
+            config_path,
+            dns,
+            listen,
+            directory: format!("https://{listen}/dir"),
+            dir,
+            wfe_ca,
+            management,
+        };
+        pebble.restart().await;
+        pebble
+    }
+
+    /// Starts pebble again after [`stop`](Self::stop): same ports and directory URL, but a
+    /// fresh CA (new root, no accounts), as pebble keeps nothing.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pebble.log"))
+            .unwrap();
         let child = Command::new("pebble")
             .arg("-config")
-            .arg(&config_path)
-            .args(["-dnsserver", &dns.to_string()])
+            .arg(&self.config_path)
+            .args(["-dnsserver", &self.dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_VA_ALWAYS_VALID", "0")
@@ -158,14 +182,8 @@ impl Pebble {
             .kill_on_drop(true)
             .spawn()
             .expect("pebble (Debian package `pebble`) must be installed");
-        wait_listening(listen, "pebble").await;
-        Pebble {
-            child: Some(child),
-            directory: format!("https://{listen}/dir"),
-            dir,
-            wfe_ca,
-            management,
-        }
+        self.child = Some(child);
+        wait_listening(self.listen, "pebble").await;
     }
 
     /// Stops pebble (the CA goes down).
