@@ -225,9 +225,6 @@ impl Manager {
     async fn look_at(&self, group: &CertificateGroup, mut state: AcmeCertificate) -> Report {
         let now = unix_now();
         let (ready, skipped) = self.check_names(&group.names).await;
-        for (name, reason) in &skipped {
-            tracing::warn!(certificate = %group.id, %name, %reason, "ACME: name left out");
-        }
         let renew_at = match (state.chain_pem.is_some(), state.not_before, state.not_after) {
             (true, Some(from), Some(to)) => Some(renewal_time(from, to)),
             _ => None,
@@ -247,6 +244,10 @@ impl Manager {
             && now < until
         {
             return report(Action::Waiting { until });
+        }
+        // Said once per attempt (not on every look), so the log shows what an order left out.
+        for (name, reason) in &skipped {
+            tracing::warn!(certificate = %group.id, %name, %reason, "ACME: name left out");
         }
         state.last_attempt = Some(now);
         state.skipped = skipped.clone();

@@ -79,6 +79,20 @@ async fn http_01_issues_one_certificate_for_the_domain_names_and_skips_a_foreign
             .is_some()
     );
 
+    // After a restart (a new SNI store), the stored certificate is served before any order.
+    let restarted = tls::CertStore::new(tls::CertSource::Files(Vec::new())).unwrap();
+    let config = acme::AcmeConfig::new(site.pebble.directory.clone(), Vec::new());
+    let manager = acme::Manager::new(
+        config,
+        site.store.clone(),
+        restarted.clone(),
+        std::sync::Arc::new(web::Http01Challenges::default()),
+        std::sync::Arc::new(dns::MemoryResolver::new()),
+    );
+    assert_eq!(manager.install_stored().await.unwrap(), 1);
+    let served = restarted.certified_key("mta-sts.example.test").unwrap();
+    assert_eq!(served.end_entity_cert().unwrap().as_ref(), leaf.as_slice());
+
     // A second look finds it current: nothing is ordered.
     let reports = site.manager.run_once(&[wanted]).await;
     assert!(

@@ -398,7 +398,23 @@ fn spawn_acme(
     acme_config.contact = settings.contact.clone();
     acme_config.ca_file = settings.ca_file.clone();
     acme_config.keep_key = settings.keep_key;
-    acme_config.challenges = settings.challenges.clone();
+    // A challenge type whose listener is off cannot be answered: leave it out.
+    let listening = |service: Service| config.listeners.iter().any(|l| l.service == service);
+    acme_config.challenges = settings
+        .challenges
+        .iter()
+        .copied()
+        .filter(|kind| match kind {
+            acme::ChallengeKind::TlsAlpn01 => listening(Service::Https),
+            acme::ChallengeKind::Http01 => listening(Service::Http),
+        })
+        .collect();
+    if acme_config.challenges.is_empty() {
+        anyhow::bail!(
+            "ACME is on but neither listener its challenges need is: turn on `listen.https` \
+             (tls-alpn-01) or `listen.http` (http-01), or set `acme.enabled = false`"
+        );
+    }
     let manager = acme::Manager::new(
         acme_config,
         store.clone(),
