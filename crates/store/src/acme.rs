@@ -1,6 +1,24 @@
 //! ACME state as stored (migration 0006): the CA account and one row per ordered certificate.
 //! The store only keeps it; the `acme` crate decides what to order and when.
 
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// ACME state operations, a part of every [`Store`](crate::Store) (a supertrait, so each
+/// backend implements them in its own module).
+#[async_trait]
+pub trait AcmeStore: Send + Sync {
+    /// The ACME account credentials (instant-acme's JSON) for a directory URL.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
+    /// Saves (or replaces) the ACME account credentials for a directory URL.
+    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()>;
+    /// Every ACME-ordered certificate's state, by id.
+    async fn acme_certificates(&self) -> Result<Vec<AcmeCertificate>>;
+    /// Saves (inserts or replaces) one certificate's state.
+    async fn save_acme_certificate(&self, cert: &AcmeCertificate) -> Result<()>;
+}
+
 /// The state of one certificate Tessera orders by ACME.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcmeCertificate {

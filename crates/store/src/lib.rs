@@ -39,7 +39,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-pub use acme::AcmeCertificate;
+pub use acme::{AcmeCertificate, AcmeStore};
 pub use blob::{BlobHash, BlobStore};
 pub use dkim::{DkimAlgorithm, DkimKey, NewDkimKey};
 pub use error::{Result, StoreError};
@@ -260,8 +260,9 @@ pub fn unix_now() -> i64 {
 }
 
 /// The data model's operations. Implemented by every backend; callers use `Arc<dyn Store>`.
+/// ACME state is its [`AcmeStore`] part.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
     // ---- domains ----
 
     /// Adds a hosted domain. Error if it exists.
@@ -284,17 +285,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn retire_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
     /// Deletes a key (its DNS record can then go).
     async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()>;
-
-    // ---- ACME state (the `acme` crate decides; the store keeps) ----
-
-    /// The ACME account credentials (instant-acme's JSON) for a directory URL.
-    async fn acme_account(&self, directory: &str) -> Result<Option<String>>;
-    /// Saves (or replaces) the ACME account credentials for a directory URL.
-    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()>;
-    /// Every ACME-ordered certificate's state, by id.
-    async fn acme_certificates(&self) -> Result<Vec<AcmeCertificate>>;
-    /// Saves (inserts or replaces) one certificate's state.
-    async fn save_acme_certificate(&self, cert: &AcmeCertificate) -> Result<()>;
 
     // ---- accounts ----
 

@@ -1423,22 +1423,6 @@ impl Store for SqliteStore {
         self.dkim_change(domain, selector, false).await
     }
 
-    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
-        self.acme_account_get(directory).await
-    }
-
-    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
-        self.acme_account_put(directory, credentials).await
-    }
-
-    async fn acme_certificates(&self) -> Result<Vec<crate::AcmeCertificate>> {
-        self.acme_certificates_list().await
-    }
-
-    async fn save_acme_certificate(&self, cert: &crate::AcmeCertificate) -> Result<()> {
-        self.acme_certificate_put(cert).await
-    }
-
     async fn remove_dkim_key(&self, domain: &Domain, selector: &str) -> Result<()> {
         self.dkim_change(domain, selector, true).await
     }

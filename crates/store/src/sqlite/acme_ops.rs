@@ -1,15 +1,17 @@
 //! ACME rows on SQLite (`acme_accounts`, `acme_certificates`, migration 0006). Rare writes
 //! (an order every few weeks per certificate): each is one statement on the pool.
 
+use async_trait::async_trait;
 use sqlx::Row;
 
 use super::SqliteStore;
-use crate::acme::AcmeCertificate;
+use crate::acme::{AcmeCertificate, AcmeStore};
 use crate::error::{Result, StoreError};
 use crate::unix_now;
 
-impl SqliteStore {
-    pub(super) async fn acme_account_get(&self, directory: &str) -> Result<Option<String>> {
+#[async_trait]
+impl AcmeStore for SqliteStore {
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT credentials FROM acme_accounts WHERE directory = ?")
                 .bind(directory)
@@ -18,7 +20,7 @@ impl SqliteStore {
         )
     }
 
-    pub(super) async fn acme_account_put(&self, directory: &str, credentials: &str) -> Result<()> {
+    async fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO acme_accounts (directory, credentials, created_at) VALUES (?, ?, ?) \
              ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
@@ -31,7 +33,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn acme_certificates_list(&self) -> Result<Vec<AcmeCertificate>> {
+    async fn acme_certificates(&self) -> Result<Vec<AcmeCertificate>> {
         let rows = sqlx::query(
             "SELECT id, names, chain_pem, key_pem, issuer, not_before, not_after, last_attempt, \
              last_result, last_error, skipped, failures, next_attempt \
@@ -69,7 +71,7 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) async fn acme_certificate_put(&self, cert: &AcmeCertificate) -> Result<()> {
+    async fn save_acme_certificate(&self, cert: &AcmeCertificate) -> Result<()> {
         if cert.id.is_empty() || cert.id.contains(char::is_whitespace) {
             return Err(StoreError::Invalid(format!(
                 "invalid ACME certificate id {:?}",
