@@ -31,14 +31,14 @@
 //! - Nothing from the CA or the DNS is `unwrap`ped; CA errors become [`AcmeError`]s.
 
 mod challenge;
-mod manager;
+mod renewer;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use challenge::tls_alpn_certificate;
-pub use manager::{Action, CertificateGroup, Manager, Report, renewal_time, retry_delay};
+pub use renewer::{Action, CertificateGroup, Renewer, Report, renewal_time, retry_delay};
 
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";

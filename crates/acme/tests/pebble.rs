@@ -1,4 +1,4 @@
-//! The ACME manager against pebble on loopback: issuance with each challenge type, a renewal at
+//! The ACME renewer against pebble on loopback: issuance with each challenge type, a renewal at
 //! two thirds of the lifetime, names that do not resolve here, and the CA going down.
 //! Debian package: pebble (with pebble-challtestsrv as the DNS both sides use).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,7 +33,7 @@ async fn http_01_issues_one_certificate_for_the_domain_names_and_skips_a_foreign
         "mta-sts.example.test",
         "smtp.example.test",
     ]);
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     let ready = vec![
         "example.test".to_string(),
         "autoconfig.example.test".into(),
@@ -82,19 +82,19 @@ async fn http_01_issues_one_certificate_for_the_domain_names_and_skips_a_foreign
     // After a restart (a new SNI store), the stored certificate is served before any order.
     let restarted = tls::CertStore::new(tls::CertSource::Files(Vec::new())).unwrap();
     let config = acme::AcmeConfig::new(site.pebble.directory.clone(), Vec::new());
-    let manager = acme::Manager::new(
+    let renewer = acme::Renewer::new(
         config,
         site.store.clone(),
         restarted.clone(),
         std::sync::Arc::new(web::Http01Challenges::default()),
         std::sync::Arc::new(dns::MemoryResolver::new()),
     );
-    assert_eq!(manager.install_stored().await.unwrap(), 1);
+    assert_eq!(renewer.install_stored().await.unwrap(), 1);
     let served = restarted.certified_key("mta-sts.example.test").unwrap();
     assert_eq!(served.end_entity_cert().unwrap().as_ref(), leaf.as_slice());
 
     // A second look finds it current: nothing is ordered.
-    let reports = site.manager.run_once(&[wanted]).await;
+    let reports = site.renewer.run_once(&[wanted]).await;
     assert!(
         matches!(reports[0].action, Action::Current { .. }),
         "{reports:?}"
@@ -106,7 +106,7 @@ async fn tls_alpn_01_issues_and_renews_at_two_thirds_of_the_lifetime_keeping_the
     // 9-second certificates: renewal is due 6 seconds after not-before.
     let site = site(&[ChallengeKind::TlsAlpn01], 9, true, 30).await;
     let wanted = group(&["mail.example.test"]);
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     assert_eq!(
         reports[0].action,
         Action::Issued(vec!["mail.example.test".into()]),
@@ -116,7 +116,7 @@ async fn tls_alpn_01_issues_and_renews_at_two_thirds_of_the_lifetime_keeping_the
     let root = site.pebble.root().await;
     let first = handshake(site.https, "mail.example.test", &root).await;
 
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     let Action::Current { renew_at } = reports[0].action else {
         panic!("expected a current certificate: {reports:?}");
     };
@@ -126,7 +126,7 @@ async fn tls_alpn_01_issues_and_renews_at_two_thirds_of_the_lifetime_keeping_the
     assert!(renew_at > from && renew_at < to);
 
     sleep_until_unix(renew_at).await;
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     assert_eq!(
         reports[0].action,
         Action::Issued(vec!["mail.example.test".into()]),
@@ -147,7 +147,7 @@ async fn names_that_do_not_resolve_here_are_skipped_and_nothing_is_ordered() {
     site.dns.set_a("foreign.test", ELSEWHERE).await;
     site.dns.set_a("autoconfig.foreign.test", ELSEWHERE).await;
     let wanted = group(&["foreign.test", "autoconfig.foreign.test"]);
-    let reports = site.manager.run_once(&[wanted]).await;
+    let reports = site.renewer.run_once(&[wanted]).await;
     assert_eq!(reports[0].action, Action::NothingResolves);
     let skipped: Vec<&str> = reports[0].skipped.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(skipped, ["foreign.test", "autoconfig.foreign.test"]);
@@ -179,7 +179,7 @@ async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
     )
     .await;
     let wanted = group(&["mail.example.test"]);
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     assert!(
         matches!(reports[0].action, Action::Issued(_)),
         "{reports:?}\npebble log:\n{}",
@@ -196,7 +196,7 @@ async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
     ))
     .await;
     let started = store::unix_now();
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     let Action::Failed { error, retry_at } = &reports[0].action else {
         panic!("expected a failure with the CA down: {reports:?}");
     };
@@ -217,7 +217,7 @@ async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
     assert!(row.chain_pem.is_some());
 
     // Within the back-off nothing is tried.
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     assert_eq!(
         reports[0].action,
         Action::Waiting {
@@ -229,7 +229,7 @@ async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
     // back-off the retry gets a new certificate, through a new account.
     site.pebble.restart().await;
     sleep_until_unix(row.next_attempt.unwrap()).await;
-    let reports = site.manager.run_once(std::slice::from_ref(&wanted)).await;
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
     assert!(
         matches!(reports[0].action, Action::Issued(_)),
         "{reports:?}\npebble log:\n{}",

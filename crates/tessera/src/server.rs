@@ -376,7 +376,7 @@ pub async fn certificate_groups(hostname: &str, store: &dyn Store) -> Result<Vec
     Ok(groups)
 }
 
-/// Starts the ACME manager: it serves stored certificates at once, then orders and renews.
+/// Starts the ACME renewer: it serves stored certificates at once, then orders and renews.
 fn spawn_acme(
     config: &Config,
     settings: &crate::config::AcmeSettings,
@@ -415,7 +415,7 @@ fn spawn_acme(
              (tls-alpn-01) or `listen.http` (http-01), or set `acme.enabled = false`"
         );
     }
-    let manager = acme::Manager::new(
+    let renewer = acme::Renewer::new(
         acme_config,
         store.clone(),
         certs,
@@ -441,7 +441,7 @@ fn spawn_acme(
     };
     tracing::info!(directory = %settings.directory_url, "ACME on");
     Ok(tokio::spawn(async move {
-        manager
+        renewer
             .run(groups, async move { shutdown.triggered().await })
             .await;
     }))

@@ -1,4 +1,4 @@
-//! Tessera's real web listeners (port-80 and port-443 stand-ins) with an ACME manager, for
+//! Tessera's real web listeners (port-80 and port-443 stand-ins) with an ACME renewer, for
 //! pebble ([`pebble`]) to validate against.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use acme::{AcmeConfig, ChallengeKind, Manager};
+use acme::{AcmeConfig, ChallengeKind, Renewer};
 use net::{ListenerSpec, Shutdown, TlsMode};
 pub use pebble::{ChallTestSrv, ELSEWHERE, HERE, Pebble, handshake, serial_and_key};
 use store::{SqliteStore, Store};
 
 /// Tessera's web front on the ports pebble validates against, with an SNI store, a store and
-/// an ACME manager.
+/// an ACME renewer.
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub dns: ChallTestSrv,
@@ -22,7 +22,7 @@ pub struct Site {
     pub store: Arc<dyn Store>,
     pub certs: Arc<tls::CertStore>,
     pub https: SocketAddr,
-    pub manager: Manager,
+    pub renewer: Renewer,
     shutdown: Shutdown,
 }
 
@@ -32,7 +32,7 @@ impl Drop for Site {
     }
 }
 
-/// Starts DNS, pebble (certificates valid `validity_secs`) and the listeners; the manager
+/// Starts DNS, pebble (certificates valid `validity_secs`) and the listeners; the renewer
 /// answers the challenges in `challenges` order and keeps keys when `keep_key`.
 /// A failed attempt is retried after `retry_base_secs`.
 pub async fn site(
@@ -101,7 +101,7 @@ pub async fn site(
     config.retry_max = Duration::from_secs(60);
     config.order_timeout = Duration::from_secs(20);
     let resolver = dns::HickoryResolver::new(Some(dns.dns), Duration::from_secs(2)).unwrap();
-    let manager = Manager::new(
+    let renewer = Renewer::new(
         config,
         store.clone(),
         certs.clone(),
@@ -115,7 +115,7 @@ pub async fn site(
         store,
         certs,
         https,
-        manager,
+        renewer,
         shutdown,
     }
 }

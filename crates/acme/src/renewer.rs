@@ -1,4 +1,4 @@
-//! The certificate manager: decides which certificate is due, checks DNS, orders, installs,
+//! The renewer: decides which certificate is due, checks DNS, orders, installs,
 //! records the outcome, and schedules the next look.
 
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ pub enum Action {
     Waiting { until: i64 },
 }
 
-/// One certificate's outcome of [`Manager::run_once`].
+/// One certificate's outcome of [`Renewer::run_once`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The group's id.
@@ -100,7 +100,7 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// Orders and renews certificates; see the crate documentation for the rules.
-pub struct Manager {
+pub struct Renewer {
     config: AcmeConfig,
     store: Arc<dyn Store>,
     certs: Arc<tls::CertStore>,
@@ -109,16 +109,16 @@ pub struct Manager {
     account: Mutex<Option<Account>>,
 }
 
-impl std::fmt::Debug for Manager {
+impl std::fmt::Debug for Renewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager")
+        f.debug_struct("Renewer")
             .field("directory", &self.config.directory_url)
             .finish_non_exhaustive()
     }
 }
 
-impl Manager {
-    /// A manager over the store (state), the SNI store (where certificates and TLS-ALPN-01
+impl Renewer {
+    /// A renewer over the store (state), the SNI store (where certificates and TLS-ALPN-01
     /// responses go), the HTTP-01 map of the port-80 listener, and a resolver for the check.
     pub fn new(
         config: AcmeConfig,
@@ -126,11 +126,11 @@ impl Manager {
         certs: Arc<tls::CertStore>,
         http01: Arc<web::Http01Challenges>,
         resolver: Arc<dyn dns::Resolver>,
-    ) -> Manager {
+    ) -> Renewer {
         // instant-acme's HTTP client builds its rustls configuration with the process-wide
         // provider; make it aws-lc-rs like everything else (an error means one is installed).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        Manager {
+        Renewer {
             config,
             store,
             certs,
