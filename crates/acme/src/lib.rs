@@ -22,6 +22,9 @@
 //!   passed ([`renewal_time`]), or earlier when a name that now resolves here is missing from it.
 //! - A failed attempt keeps the certificate being served, counts a failure and waits
 //!   [`AcmeConfig::retry_base`] doubled per consecutive failure, at most [`AcmeConfig::retry_max`].
+//! - A name the CA fails to validate in two consecutive attempts (while others pass) is left
+//!   out until the next renewal and reported like a name that does not resolve here, so one
+//!   broken name cannot let the others' certificate expire.
 //! - Every outcome (chain, key, dates, last result, error, skipped names, next attempt) is
 //!   written to the store, so a restart serves the last certificate at once and `tessera cert
 //!   status` can report without the server.
@@ -136,6 +139,14 @@ impl AcmeConfig {
     }
 }
 
+fn describe_failures(failed: &[(String, String)]) -> String {
+    failed
+        .iter()
+        .map(|(name, detail)| format!("{name} ({detail})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Everything that can go wrong in one attempt. The message is what `tessera cert status`
 /// shows as the last error.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +158,8 @@ pub enum AcmeError {
     },
     #[error("the CA refused the order: {0}")]
     Invalid(String),
+    #[error("the CA could not validate {}", describe_failures(.0))]
+    ValidationFailed(Vec<(String, String)>),
     #[error("the CA offers none of the configured challenge types for {name} (offered: {offered})")]
     NoChallenge { name: String, offered: String },
     #[error("cannot make {what}: {source}")]

@@ -22,6 +22,10 @@ use crate::{AcmeConfig, AcmeError};
 const ISSUED: &str = "issued";
 const FAILED: &str = "failed";
 const SKIPPED: &str = "skipped";
+/// Reason prefix of a name left out because the CA failed to validate it.
+const VALIDATION_FAILED: &str = "validation failed at the CA:";
+/// Consecutive failures after which names that failed validation are left out.
+const EXCLUDE_AFTER_FAILURES: u32 = 2;
 /// RFC 8555 §6.7: the request's account is unknown to the CA.
 const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 
@@ -224,13 +228,24 @@ impl Renewer {
 
     async fn look_at(&self, group: &CertificateGroup, mut state: AcmeCertificate) -> Report {
         let now = unix_now();
-        let (ready, skipped) = self.check_names(&group.names).await;
+        let (mut ready, mut skipped) = self.check_names(&group.names).await;
         let renew_at = match (state.chain_pem.is_some(), state.not_before, state.not_after) {
             (true, Some(from), Some(to)) => Some(renewal_time(from, to)),
             _ => None,
         };
+        let renewal_due = renew_at.is_none_or(|t| now >= t);
+        // Names the CA failed to validate twice in a row stay out of orders until the next
+        // renewal, so one broken name (a firewall, a CAA record) cannot let the others expire.
+        if !renewal_due || state.last_result.as_deref() == Some(FAILED) {
+            for (name, reason) in &state.skipped {
+                if reason.starts_with(VALIDATION_FAILED) && ready.contains(name) {
+                    ready.retain(|n| n != name);
+                    skipped.push((name.clone(), reason.clone()));
+                }
+            }
+        }
         let missing = ready.iter().any(|n| !state.names.contains(n));
-        let due = renew_at.is_none_or(|t| now >= t) || missing;
+        let due = renewal_due || missing;
         let report = |action| Report {
             id: group.id.clone(),
             action,
@@ -275,6 +290,18 @@ impl Renewer {
                 }
                 Err(error) => {
                     state.failures = state.failures.saturating_add(1);
+                    if let AcmeError::ValidationFailed(failed) = &error
+                        && state.failures >= EXCLUDE_AFTER_FAILURES
+                        && failed.len() < ready.len()
+                    {
+                        for (name, detail) in failed {
+                            tracing::warn!(certificate = %group.id, %name, %detail,
+                                "ACME: name failed validation again; leaving it out until the next renewal");
+                            state
+                                .skipped
+                                .push((name.clone(), format!("{VALIDATION_FAILED} {detail}")));
+                        }
+                    }
                     let wait = retry_delay(
                         state.failures,
                         self.config.retry_base,
@@ -487,9 +514,19 @@ impl Renewer {
         let retry = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
             .timeout(self.config.order_timeout);
-        let status = order.poll_ready(&retry).await.map_err(ca)?;
+        let status = match order.poll_ready(&retry).await {
+            Ok(status) => status,
+            // The order failed: name the identifiers whose validation failed, if the CA says.
+            Err(instant_acme::Error::Api(problem)) => {
+                return Err(match self.why_invalid(&mut order).await {
+                    failed @ AcmeError::ValidationFailed(_) => failed,
+                    _ => ca(instant_acme::Error::Api(problem)),
+                });
+            }
+            Err(e) => return Err(ca(e)),
+        };
         if status != OrderStatus::Ready {
-            return Err(AcmeError::Invalid(self.why_invalid(&mut order).await));
+            return Err(self.why_invalid(&mut order).await);
         }
         drop(published);
 
@@ -517,8 +554,8 @@ impl Renewer {
     }
 
     /// The CA's reasons for an invalid order, from its authorizations' challenge errors.
-    async fn why_invalid(&self, order: &mut instant_acme::Order) -> String {
-        let mut reasons = Vec::new();
+    async fn why_invalid(&self, order: &mut instant_acme::Order) -> AcmeError {
+        let mut failed = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(Ok(mut authz)) = authorizations.next().await {
             let Ok(state) = authz.refresh().await else {
@@ -526,14 +563,14 @@ impl Renewer {
             };
             for challenge in &state.challenges {
                 if let Some(error) = &challenge.error {
-                    reasons.push(format!("{}: {error}", state.identifier()));
+                    failed.push((state.identifier().to_string(), error.to_string()));
                 }
             }
         }
-        if reasons.is_empty() {
-            "order is invalid".into()
+        if failed.is_empty() {
+            AcmeError::Invalid("order is invalid".into())
         } else {
-            reasons.join("; ")
+            AcmeError::ValidationFailed(failed)
         }
     }
 }

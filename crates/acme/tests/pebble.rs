@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use acme::{Action, CertificateGroup, ChallengeKind};
-use support::{ELSEWHERE, handshake, serial_and_key, site};
+use support::{ELSEWHERE, handshake, serial_and_key, site, site_with};
 
 fn group(names: &[&str]) -> CertificateGroup {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -241,4 +241,47 @@ async fn ca_down_keeps_the_old_certificate_and_retries_after_the_back_off() {
     let row = site.store.acme_certificates().await.unwrap().remove(0);
     assert_eq!(row.last_result.as_deref(), Some("issued"));
     assert_eq!(row.failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_failing_validation_twice_is_left_out_so_the_others_get_their_certificate() {
+    // broken.example.test resolves to an address of ours where nothing answers the CA.
+    let site = site_with(&[ChallengeKind::Http01], 3600, false, 1, &["127.0.0.2"]).await;
+    site.dns.set_a("broken.example.test", "127.0.0.2").await;
+    let wanted = group(&["example.test", "broken.example.test"]);
+    for attempt in 1..=2 {
+        let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
+        let Action::Failed { error, retry_at } = &reports[0].action else {
+            panic!("attempt {attempt}: expected a validation failure: {reports:?}");
+        };
+        assert!(
+            error.contains("could not validate broken.example.test"),
+            "{error}"
+        );
+        assert!(!error.contains("validate example.test"), "{error}");
+        sleep_until_unix(*retry_at).await;
+    }
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
+    assert_eq!(
+        reports[0].action,
+        Action::Issued(vec!["example.test".into()]),
+        "pebble log:\n{}",
+        site.pebble.log()
+    );
+    assert_eq!(reports[0].skipped.len(), 1);
+    assert_eq!(reports[0].skipped[0].0, "broken.example.test");
+    assert!(
+        reports[0].skipped[0]
+            .1
+            .starts_with("validation failed at the CA:")
+    );
+    // Until the next renewal it stays out: the certificate is current.
+    let reports = site.renewer.run_once(std::slice::from_ref(&wanted)).await;
+    assert!(
+        matches!(reports[0].action, Action::Current { .. }),
+        "{reports:?}"
+    );
+    let row = site.store.acme_certificates().await.unwrap().remove(0);
+    assert_eq!(row.names, ["example.test"]);
+    assert_eq!(row.skipped, reports[0].skipped);
 }

@@ -41,6 +41,17 @@ pub async fn site(
     keep_key: bool,
     retry_base_secs: u64,
 ) -> Site {
+    site_with(challenges, validity_secs, keep_key, retry_base_secs, &[]).await
+}
+
+/// [`site`], with `also_here` counted among this server's addresses (nothing listens there).
+pub async fn site_with(
+    challenges: &[ChallengeKind],
+    validity_secs: u64,
+    keep_key: bool,
+    retry_base_secs: u64,
+    also_here: &[&str],
+) -> Site {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("acme=debug,info")
         .with_test_writer()
@@ -91,7 +102,9 @@ pub async fn site(
     ));
 
     let here: IpAddr = HERE.parse().unwrap();
-    let mut config = AcmeConfig::new(pebble.directory.clone(), vec![here]);
+    let mut addresses = vec![here];
+    addresses.extend(also_here.iter().map(|a| a.parse::<IpAddr>().unwrap()));
+    let mut config = AcmeConfig::new(pebble.directory.clone(), addresses);
     config.contact = vec!["postmaster@example.test".into()];
     config.ca_file = Some(pebble.wfe_ca.clone());
     config.challenges = challenges.to_vec();
