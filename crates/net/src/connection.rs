@@ -72,6 +72,8 @@ pub struct TlsInfo {
     pub cipher: String,
     /// The host name the client asked for (SNI), if it sent one.
     pub sni: Option<String>,
+    /// The application protocol agreed through ALPN (RFC 7301), if any.
+    pub alpn: Option<Vec<u8>>,
 }
 
 impl TlsInfo {
@@ -93,6 +95,7 @@ impl TlsInfo {
             version,
             cipher,
             sni: session.server_name().map(str::to_owned),
+            alpn: session.alpn_protocol().map(<[u8]>::to_vec),
         }
     }
 }

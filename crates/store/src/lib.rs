@@ -24,6 +24,7 @@
 //! - A queued message ([`Store::enqueue`]) follows the same blob-before-row rule and the same
 //!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
+mod acme;
 mod blob;
 mod dkim;
 mod error;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use acme::{AcmeCertificate, AcmeStore};
 pub use blob::{BlobHash, BlobStore};
 pub use dkim::{DkimAlgorithm, DkimKey, NewDkimKey};
 pub use error::{Result, StoreError};
@@ -258,8 +260,9 @@ pub fn unix_now() -> i64 {
 }
 
 /// The data model's operations. Implemented by every backend; callers use `Arc<dyn Store>`.
+/// ACME state is its [`AcmeStore`] part.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
     // ---- domains ----
 
     /// Adds a hosted domain. Error if it exists.

@@ -49,6 +49,7 @@ const MAX_MAILBOX_NAME: usize = 512;
 /// Most mailboxes per account.
 const MAX_MAILBOXES: i64 = 10_000;
 
+mod acme_ops;
 mod dkim_ops;
 mod queue_ops;
 mod reader;
@@ -62,6 +63,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0003_inline_bodies.sql"),
     include_str!("../migrations/sqlite/0004_outbound.sql"),
     include_str!("../migrations/sqlite/0005_dkim.sql"),
+    include_str!("../migrations/sqlite/0006_acme.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).

@@ -124,7 +124,7 @@ pub enum QueueCommand {
     Flush,
 }
 
-async fn open_store(config_path: &Path) -> Result<Arc<SqliteStore>> {
+pub(crate) async fn open_store(config_path: &Path) -> Result<Arc<SqliteStore>> {
     let config = Config::load(config_path)?;
     SqliteStore::open(&config.data_dir)
         .await
@@ -356,7 +356,7 @@ pub async fn queue(config_path: &Path, cmd: QueueCommand) -> Result<()> {
 }
 
 /// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
-fn unix_time(secs: i64) -> String {
+pub(crate) fn unix_time(secs: i64) -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     time::OffsetDateTime::from_unix_timestamp(secs)

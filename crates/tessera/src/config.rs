@@ -51,6 +51,52 @@ pub struct ConfigFile {
     /// Outbound delivery (the queue worker).
     #[serde(default)]
     pub outbound: OutboundFile,
+    /// Certificates from an ACME CA (Let's Encrypt).
+    #[serde(default)]
+    pub acme: AcmeFile,
+}
+
+/// `[acme]`: certificates from an ACME CA (RFC 8555) for the mail host and, per hosted domain,
+/// the domain and its `autoconfig.`, `autodiscover.`, `mta-sts.`, `mail.`, `imap.`, `smtp.`
+/// names that resolve to `[dns] addresses`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// Turn ACME on. Default false (local CA or `[tls] certificates`).
+    pub enabled: Option<bool>,
+    /// `"letsencrypt"` (default), `"letsencrypt-staging"`, or a directory URL (`https://…`).
+    pub directory: Option<String>,
+    /// Contact e-mail address for the CA account (expiry and policy notices). Default none.
+    pub contact: Option<String>,
+    /// A PEM file with the root certificate the directory's HTTPS is signed by, for a private
+    /// or test CA (pebble). Relative to the config file. Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Keep each certificate's private key across renewals, so TLSA (DANE) records that pin
+    /// the key stay valid. Default false (a fresh key each time).
+    pub keep_key: Option<bool>,
+    /// Challenge types in order of preference: `"tls-alpn-01"` (port 443) and/or `"http-01"`
+    /// (port 80). Default `["tls-alpn-01", "http-01"]`.
+    pub challenges: Option<Vec<String>>,
+    /// DNS server for the check that each name resolves to this server, e.g. `"127.0.0.1:53"`.
+    /// Default: the system's resolver.
+    pub resolver: Option<SocketAddr>,
+}
+
+/// Resolved `[acme]` settings (present only when enabled).
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// Directory URL.
+    pub directory_url: String,
+    /// Contact addresses.
+    pub contact: Vec<String>,
+    /// Extra root for the directory's HTTPS (absolute path).
+    pub ca_file: Option<PathBuf>,
+    /// Keep keys across renewals.
+    pub keep_key: bool,
+    /// Challenge preference.
+    pub challenges: Vec<acme::ChallengeKind>,
+    /// DNS server for the resolution check; `None` = system resolver.
+    pub resolver: Option<SocketAddr>,
 }
 
 /// `[outbound]`: how the queue worker delivers to other mail servers.
@@ -281,6 +327,8 @@ pub struct Config {
     pub dns_addresses: Vec<std::net::IpAddr>,
     /// Outbound delivery settings.
     pub outbound: OutboundSettings,
+    /// ACME, when enabled.
+    pub acme: Option<AcmeSettings>,
 }
 
 /// What a listener serves.
@@ -494,7 +542,10 @@ impl Config {
             );
         }
 
+        let acme = resolve_acme(&file.acme, path, &resolve)?;
+
         Ok(Config {
+            acme,
             path: path.to_path_buf(),
             smtp,
             mta_sts_mode: file.web.mta_sts_mode.unwrap_or(MtaStsModeFile::Testing),
@@ -516,6 +567,64 @@ impl Config {
             outbound,
         })
     }
+}
+
+/// Validates `[acme]`; `None` unless `enabled = true`.
+fn resolve_acme(
+    a: &AcmeFile,
+    path: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<AcmeSettings>> {
+    if a.enabled != Some(true) {
+        return Ok(None);
+    }
+    let given = a.directory.as_deref().unwrap_or("letsencrypt");
+    let Some(directory_url) = acme::directory_url(given) else {
+        bail!(
+            "{}: key `acme.directory` must be \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL, found {given:?}",
+            path.display()
+        );
+    };
+    let mut contact = Vec::new();
+    if let Some(c) = &a.contact {
+        store::Address::parse(c)
+            .map_err(|e| anyhow::anyhow!("{}: key `acme.contact`: {e}", path.display()))?;
+        contact.push(c.clone());
+    }
+    let mut challenges = Vec::new();
+    for name in a
+        .challenges
+        .clone()
+        .unwrap_or_else(|| vec!["tls-alpn-01".into(), "http-01".into()])
+    {
+        let Some(kind) = acme::ChallengeKind::parse(&name) else {
+            bail!(
+                "{}: key `acme.challenges`: unknown challenge {name:?} (use \"tls-alpn-01\" and/or \"http-01\")",
+                path.display()
+            );
+        };
+        if challenges.contains(&kind) {
+            bail!(
+                "{}: key `acme.challenges` lists {name:?} twice",
+                path.display()
+            );
+        }
+        challenges.push(kind);
+    }
+    if challenges.is_empty() {
+        bail!(
+            "{}: key `acme.challenges` must name at least one challenge",
+            path.display()
+        );
+    }
+    Ok(Some(AcmeSettings {
+        directory_url,
+        contact,
+        ca_file: a.ca_file.as_deref().map(resolve),
+        keep_key: a.keep_key.unwrap_or(false),
+        challenges,
+        resolver: a.resolver,
+    }))
 }
 
 /// The config path from `--config`, else `TESSERA_CONFIG`, else the default.
@@ -620,6 +729,56 @@ mod tests {
         let e = parse("hostname = \"mail.example.org\"\n[dns]\naddresses = [\"nope\"]\n")
             .expect_err("bad address");
         assert!(format!("{e:#}").contains("addresses"), "{e:#}");
+    }
+
+    #[test]
+    fn acme_settings() {
+        let c = parse("hostname = \"mail.example.org\"\n").expect("valid");
+        assert!(c.acme.is_none());
+        let c = parse("hostname = \"mail.example.org\"\n[acme]\nenabled = true\n").expect("valid");
+        let a = c.acme.expect("enabled");
+        assert_eq!(a.directory_url, acme::LETS_ENCRYPT);
+        assert_eq!(
+            a.challenges,
+            [acme::ChallengeKind::TlsAlpn01, acme::ChallengeKind::Http01]
+        );
+        assert!(!a.keep_key && a.contact.is_empty() && a.ca_file.is_none());
+        let c = parse(
+            "hostname = \"mail.example.org\"\n[acme]\nenabled = true\ndirectory = \"letsencrypt-staging\"\ncontact = \"admin@example.org\"\nca_file = \"ca.pem\"\nkeep_key = true\nchallenges = [\"http-01\"]\nresolver = \"127.0.0.1:53\"\n",
+        )
+        .expect("valid");
+        let a = c.acme.expect("enabled");
+        assert_eq!(a.directory_url, acme::LETS_ENCRYPT_STAGING);
+        assert_eq!(a.contact, ["admin@example.org"]);
+        assert_eq!(a.ca_file, Some(PathBuf::from("/etc/tessera/ca.pem")));
+        assert!(a.keep_key);
+        assert_eq!(a.challenges, [acme::ChallengeKind::Http01]);
+        let c = parse(
+            "hostname = \"mail.example.org\"\n[acme]\nenabled = true\ndirectory = \"https://ca.test/dir\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.acme.expect("enabled").directory_url,
+            "https://ca.test/dir"
+        );
+        for bad in [
+            "directory = \"http://ca.test/dir\"",
+            "directory = \"zerossl\"",
+            "contact = \"not an address\"",
+            "challenges = []",
+            "challenges = [\"dns-01\"]",
+            "challenges = [\"http-01\", \"http-01\"]",
+            "renew = 0.5",
+        ] {
+            let e = parse(&format!(
+                "hostname = \"mail.example.org\"\n[acme]\nenabled = true\n{bad}\n"
+            ))
+            .expect_err(bad);
+            assert!(
+                format!("{e:#}").contains("acme") || format!("{e:#}").contains("renew"),
+                "{bad}: {e:#}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `tessera`: the binary. Command-line parsing, configuration, wiring; nothing else.
 
 mod admin;
+mod cert_cmd;
 mod config;
 mod dns_cmd;
 mod quickstart;
@@ -50,6 +51,9 @@ enum Command {
     /// Manage DKIM signing keys.
     #[command(subcommand)]
     Dkim(dns_cmd::DkimCommand),
+    /// TLS certificates: what is served, and the ACME renewal state.
+    #[command(subcommand)]
+    Cert(cert_cmd::CertCommand),
     /// Check the configuration file and print the resolved settings.
     CheckConfig,
     /// Set up a real deployment in one command: config, domain, DKIM keys, admin account,
@@ -104,6 +108,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (cert, key) in &config.certificates {
                 println!("tls:       {} (key {})", cert.display(), key.display());
             }
+            match &config.acme {
+                Some(acme) => {
+                    let challenges: Vec<&str> =
+                        acme.challenges.iter().map(|c| c.as_str()).collect();
+                    println!(
+                        "acme:      {} ({}; keep_key {})",
+                        acme.directory_url,
+                        challenges.join(", "),
+                        acme.keep_key
+                    );
+                }
+                None => println!("acme:      off"),
+            }
             Ok(())
         }
         Command::Domain(cmd) => admin::domain(&config_path, cmd).await,
@@ -112,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(cmd) => admin::queue(&config_path, cmd).await,
         Command::Dns(cmd) => dns_cmd::dns(&config_path, cmd).await,
         Command::Dkim(cmd) => dns_cmd::dkim(&config_path, cmd).await,
+        Command::Cert(cmd) => cert_cmd::cert(&config_path, cmd).await,
         Command::Quickstart(args) => quickstart::quickstart(&config_path, args).await,
     }
 }

@@ -137,7 +137,7 @@ fn prepare(config_path: &Path, args: &QuickstartArgs) -> Result<Setup> {
         .with_context(|| format!("bad data directory {}", args.data_dir.display()))?;
     let unit_path = config_path.with_file_name(UNIT_NAME);
     let addresses = crate::dns_cmd::detect_public_addresses();
-    let config_text = config_text(hostname.as_str(), &data_dir, &addresses)?;
+    let config_text = config_text(hostname.as_str(), &data_dir, &addresses, &admin)?;
     let config = Config::parse(&config_text, &config_path)?;
     let exe = std::env::current_exe()
         .ok()
@@ -232,7 +232,12 @@ fn toml_str(s: &str) -> Result<String> {
     Ok(toml::Value::String(s.to_owned()).to_string())
 }
 
-fn config_text(hostname: &str, data_dir: &Path, addresses: &[IpAddr]) -> Result<String> {
+fn config_text(
+    hostname: &str,
+    data_dir: &Path,
+    addresses: &[IpAddr],
+    admin: &Address,
+) -> Result<String> {
     let data_dir = data_dir
         .to_str()
         .context("the data directory's path is not UTF-8")?;
@@ -245,7 +250,8 @@ fn config_text(hostname: &str, data_dir: &Path, addresses: &[IpAddr]) -> Result<
     t.push_str("# Database, message bodies and local CA.\n");
     let _ = writeln!(t, "data_dir = {}", toml_str(data_dir)?);
     t.push_str("\n# Listeners: the defaults (every service on 0.0.0.0, standard ports).\n");
-    t.push_str("# Certificates: a local CA in <data_dir>/tls until [tls] names PEM files.\n");
+    t.push_str("# Certificates: from Let's Encrypt ([acme] below); until one is issued, and for\n");
+    t.push_str("# names that do not resolve here, a local CA in <data_dir>/tls.\n");
     t.push_str("\n[dns]\n");
     if addresses.is_empty() {
         t.push_str("# No public address detected; set the mail host's public A/AAAA addresses:\n");
@@ -255,6 +261,23 @@ fn config_text(hostname: &str, data_dir: &Path, addresses: &[IpAddr]) -> Result<
         t.push_str("# The mail host's public addresses (detected), published as its A/AAAA.\n");
         let _ = writeln!(t, "addresses = [{}]", list.join(", "));
     }
+    t.push_str("\n[acme]\n");
+    t.push_str(
+        "# Certificates from Let's Encrypt for the mail host and each domain's client names\n",
+    );
+    t.push_str(
+        "# (autoconfig., autodiscover., mta-sts., ...) that resolve to the addresses above;\n",
+    );
+    t.push_str(
+        "# renewed at two thirds of their lifetime. `tessera cert status` shows the state.\n",
+    );
+    t.push_str("enabled = true\n");
+    t.push_str(
+        "# \"letsencrypt\", \"letsencrypt-staging\" (for a first try) or a directory URL.\n",
+    );
+    t.push_str("directory = \"letsencrypt\"\n");
+    t.push_str("# Expiry and policy notices from the CA.\n");
+    let _ = writeln!(t, "contact = {}", toml_str(&admin.to_string())?);
     Ok(t)
 }
 
@@ -319,9 +342,10 @@ fn next_steps(config_path: &Path, unit_path: &Path, config: &Config, domain: &Do
        chown -R tessera:tessera {data}
        cp {unit} /etc/systemd/system/ && systemctl daemon-reload
        systemctl enable --now tessera
-Certificates: ACME (Let's Encrypt) is not built yet, so the certificates come from the
-local CA in {data}/tls, which clients do not trust, until you set `[tls] certificates`
-in {cfg} to PEM files (full chain + key), e.g. from certbot.
+Certificates: ACME is on: once the A/AAAA records above point here and ports 80 and 443
+are reachable, Tessera gets Let's Encrypt certificates by itself (names that do not
+resolve here are skipped and reported). Until then the local CA in {data}/tls serves,
+which clients do not trust. Check with: tessera --config {cfg} cert status
 ",
         unit = unit_path.display(),
     )

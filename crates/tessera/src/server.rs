@@ -52,9 +52,27 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers();
     let throttle = Arc::new(LoginThrottle::new(config.throttle.clone()));
+    // ACME runs for `serve` only, never for the demo.
+    let acme = config.acme.as_ref().filter(|_| banner.is_none());
     let tls_config = certs.server_config(Vec::new());
-    let https_config = certs.server_config(vec![b"http/1.1".to_vec()]);
+    let mut https_alpn = vec![b"http/1.1".to_vec()];
+    if acme.is_some() {
+        // RFC 8737 §6.2: TLS-ALPN-01 validation arrives on the HTTPS listener (443).
+        https_alpn.push(tls::ACME_TLS_ALPN.to_vec());
+    }
+    let https_config = certs.server_config(https_alpn);
     let handlers = Handlers::new(&config, store.clone(), throttle.clone(), certs.clone())?;
+    let acme_task = match acme {
+        Some(settings) => Some(spawn_acme(
+            &config,
+            settings,
+            store.clone(),
+            certs.clone(),
+            handlers.web.http01_challenges(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
 
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -121,6 +139,9 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
     }
     background.abort();
     outbound.abort();
+    if let Some(task) = acme_task {
+        task.abort();
+    }
     if let Some(r) = reloader {
         r.abort();
     }
@@ -333,12 +354,9 @@ fn open_certificates(config: &Config) -> Result<Arc<CertStore>> {
     Ok(CertStore::new(source)?)
 }
 
-/// In local-CA mode, makes sure every served name has a certificate (new domains get one).
-async fn refresh_local_certificates(
-    certs: &Arc<CertStore>,
-    hostname: &str,
-    store: &dyn Store,
-) -> Result<()> {
+/// The names served, one group per certificate: the mail host (with
+/// `autoconfig.<its base domain>`), then each hosted domain's names.
+pub async fn certificate_groups(hostname: &str, store: &dyn Store) -> Result<Vec<Vec<String>>> {
     let domains: Vec<String> = store
         .list_domains()
         .await?
@@ -346,10 +364,97 @@ async fn refresh_local_certificates(
         .map(|d| d.name.to_string())
         .collect();
     let mut groups = CertStore::name_groups(hostname, &domains);
-    // Thunderbird's MX-based look-up asks autoconfig.<base domain of the mail host>.
+    // Thunderbird's MX-based look-up asks autoconfig.<base domain of the mail host>; when
+    // that base domain is hosted, its own group has the name already.
+    let extra: Vec<String> = web::extra_certificate_names(hostname)
+        .into_iter()
+        .filter(|name| !groups.iter().flatten().any(|n| n == name))
+        .collect();
     if let Some(host_group) = groups.first_mut() {
-        host_group.extend(web::extra_certificate_names(hostname));
+        host_group.extend(extra);
     }
+    Ok(groups)
+}
+
+/// Starts the ACME renewer: it serves stored certificates at once, then orders and renews.
+fn spawn_acme(
+    config: &Config,
+    settings: &crate::config::AcmeSettings,
+    store: Arc<SqliteStore>,
+    certs: Arc<CertStore>,
+    http01: Arc<web::Http01Challenges>,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>> {
+    if config.dns_addresses.is_empty() {
+        tracing::warn!(
+            "ACME: `[dns] addresses` is not set, so no name can be checked against this server \
+             and none is ordered; set the server's public addresses"
+        );
+    }
+    let resolver = dns::HickoryResolver::new(settings.resolver, Duration::from_secs(5))
+        .context("key `acme.resolver`")?;
+    let mut acme_config =
+        acme::AcmeConfig::new(settings.directory_url.clone(), config.dns_addresses.clone());
+    acme_config.contact = settings.contact.clone();
+    acme_config.ca_file = settings.ca_file.clone();
+    acme_config.keep_key = settings.keep_key;
+    // A challenge type whose listener is off cannot be answered: leave it out.
+    let listening = |service: Service| config.listeners.iter().any(|l| l.service == service);
+    acme_config.challenges = settings
+        .challenges
+        .iter()
+        .copied()
+        .filter(|kind| match kind {
+            acme::ChallengeKind::TlsAlpn01 => listening(Service::Https),
+            acme::ChallengeKind::Http01 => listening(Service::Http),
+        })
+        .collect();
+    if acme_config.challenges.is_empty() {
+        anyhow::bail!(
+            "ACME is on but neither listener its challenges need is: turn on `listen.https` \
+             (tls-alpn-01) or `listen.http` (http-01), or set `acme.enabled = false`"
+        );
+    }
+    let renewer = acme::Renewer::new(
+        acme_config,
+        store.clone(),
+        certs,
+        http01,
+        Arc::new(resolver),
+    );
+    let hostname = config.hostname.clone();
+    let groups = move || {
+        let store = store.clone();
+        let hostname = hostname.clone();
+        async move {
+            match certificate_groups(&hostname, &*store).await {
+                Ok(groups) => groups
+                    .iter()
+                    .filter_map(|g| acme::CertificateGroup::new(g))
+                    .collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "ACME: cannot list the hosted domains");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    tracing::info!(directory = %settings.directory_url, "ACME on");
+    Ok(tokio::spawn(async move {
+        renewer
+            .run(groups, async move { shutdown.triggered().await })
+            .await;
+    }))
+}
+
+/// In local-CA mode, makes sure every served name has a certificate (new domains get one).
+/// Names an ACME certificate serves keep it.
+async fn refresh_local_certificates(
+    certs: &Arc<CertStore>,
+    hostname: &str,
+    store: &dyn Store,
+) -> Result<()> {
+    let groups = certificate_groups(hostname, store).await?;
     let certs = certs.clone();
     tokio::task::spawn_blocking(move || certs.ensure_local_names(&groups))
         .await

@@ -138,6 +138,20 @@ fn real_run_sets_everything_up_once() {
     assert!(keys.contains("rsa-sha256") && keys.contains("ed25519-sha256"));
     let checked = ok(&["--config", c, "check-config"]);
     assert!(checked.contains("hostname:  mx.example.org"), "{checked}");
+    // Quickstart turns ACME on (Let's Encrypt production).
+    assert!(
+        checked.contains("acme:      https://acme-v02.api.letsencrypt.org/directory"),
+        "{checked}"
+    );
+    let written = std::fs::read_to_string(&config).expect("config written");
+    assert!(
+        written.contains("[acme]\n") && written.contains("\nenabled = true\n"),
+        "{written}"
+    );
+    assert!(
+        written.contains("contact = \"admin@example.org\""),
+        "{written}"
+    );
     assert!(
         checked.contains(&format!("data_dir:  {}", data.display())),
         "{checked}"

@@ -4,13 +4,16 @@
 //! from the client's Server Name Indication. Certificates come from PEM files named in the
 //! configuration ([`CertSource::Files`], re-read when their mtime or size changes) or from a local
 //! certificate authority kept on disk ([`CertSource::LocalCa`], for the demo and first start).
-//! ACME will feed the same store through [`CertStore::insert`].
+//! ACME (the `acme` crate) feeds the same store through [`CertStore::insert`], and answers
+//! TLS-ALPN-01 challenges (RFC 8737) through [`CertStore::set_alpn_challenge`].
 //!
 //! Standards:
 //! - RFC 8446 (TLS 1.3) and RFC 5246 (TLS 1.2): the only protocol versions offered.
 //! - RFC 6066 §3 (Server Name Indication): certificate selection.
 //! - RFC 5280 (X.509 profile): local CA and leaf certificates.
 //! - RFC 6125 §6.4.3: a `*.` wildcard covers exactly one leftmost label.
+//! - RFC 8737 §3 (TLS-ALPN-01): a ClientHello offering `acme-tls/1` gets the challenge
+//!   certificate for its SNI name, or no certificate at all (the handshake fails).
 //!
 //! Implementation notes (invariants):
 //! - Every rustls configuration is built with the aws-lc-rs provider passed explicitly
@@ -87,6 +90,52 @@ impl TlsError {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737 §6.2). A listener that should
+/// answer those challenges (HTTPS on 443) lists it in its ALPN protocols; a connection that
+/// negotiated it must be closed right after the handshake (RFC 8737 §3).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A certified key from PEM text: the chain (leaf first) and its private key, checked to
+/// match. For certificates that do not live in files (ACME keeps them in the store).
+pub fn certified_key_from_pem(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let here = Path::new("(in memory)");
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: here.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: here.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+        path: here.to_owned(),
+        reason: e.to_string(),
+    })?;
+    pem::certify(chain, key, here, here)
+}
+
+/// The names, issuer and not-after of the leaf (first) certificate in the PEM file at `path`.
+pub fn read_cert_info(path: &Path) -> Result<CertInfo, TlsError> {
+    let chain = pem::read_chain(path)?;
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
+        path: path.to_owned(),
+    })?;
+    let facts = pem::cert_facts(leaf).map_err(|e| TlsError::bad_cert(path, e))?;
+    Ok(CertInfo {
+        names: facts.dns_names,
+        issuer: facts.issuer,
+        not_after: facts.not_after,
+    })
 }
 
 /// The crypto provider used for every configuration this crate builds: aws-lc-rs.

@@ -51,6 +51,8 @@ pub struct CertInfo {
 pub struct CertStore {
     origin: Origin,
     served: RwLock<Served>,
+    /// Pending TLS-ALPN-01 challenge certificates (RFC 8737 §3), by lowercase name.
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 enum Origin {
@@ -88,11 +90,13 @@ struct Served {
 struct Entry {
     info: CertInfo,
     key: Arc<CertifiedKey>,
+    /// Installed through [`CertStore::insert`] (ACME): the local CA never takes its names.
+    external: bool,
 }
 
 impl Served {
     /// Serves `key` for `names`, taking those names away from any other certificate.
-    fn install(&mut self, names: Vec<String>, key: Arc<CertifiedKey>) {
+    fn install(&mut self, names: Vec<String>, key: Arc<CertifiedKey>, external: bool) {
         if names.is_empty() {
             return;
         }
@@ -121,8 +125,16 @@ impl Served {
                 not_after,
             },
             key,
+            external,
         });
         self.reindex();
+    }
+
+    /// Whether `name` is served by a certificate from [`CertStore::insert`].
+    fn is_external(&self, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.external && e.info.names.iter().any(|n| n == name))
     }
 
     fn remove(&mut self, key: &Arc<CertifiedKey>) {
@@ -214,7 +226,7 @@ impl CertStore {
                 for pair in pairs {
                     let stamps = [stamp(&pair.cert), stamp(&pair.key)];
                     let (key, names) = load_files(&pair)?;
-                    served.install(names, Arc::clone(&key));
+                    served.install(names, Arc::clone(&key), false);
                     watched.push(Watched { pair, stamps, key });
                 }
                 Origin::Files(Mutex::new(watched))
@@ -230,6 +242,7 @@ impl CertStore {
         Ok(Arc::new(CertStore {
             origin,
             served: RwLock::new(served),
+            alpn_challenges: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -262,7 +275,12 @@ impl CertStore {
                 continue;
             }
             let key = ca.leaf(&names)?;
-            self.served_mut().install(names, key);
+            let mut served = self.served_mut();
+            // Names an ACME certificate serves stay with it.
+            names.retain(|n| !served.is_external(n));
+            if !names.is_empty() {
+                served.install(names, key, false);
+            }
         }
         Ok(())
     }
@@ -315,6 +333,8 @@ impl CertStore {
 
     /// Serves `key` for `names` (lowercased, trailing dot dropped), replacing whichever
     /// certificate served them before. The caller vouches that `key` matches its certificate.
+    /// Names installed this way are never taken back by
+    /// [`ensure_local_names`](Self::ensure_local_names) (ACME certificates win over the local CA).
     pub fn insert(&self, names: &[String], key: Arc<CertifiedKey>) {
         let mut clean: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
@@ -323,7 +343,38 @@ impl CertStore {
                 clean.push(name);
             }
         }
-        self.served_mut().install(clean, key);
+        self.served_mut().install(clean, key, true);
+    }
+
+    /// Publishes the TLS-ALPN-01 challenge certificate for `name` (RFC 8737 §3): a ClientHello
+    /// for `name` offering the `acme-tls/1` protocol gets `key`, nothing else does.
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut map = self
+            .alpn_challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(name, key);
+    }
+
+    /// Withdraws the TLS-ALPN-01 challenge certificate for `name`.
+    pub fn remove_alpn_challenge(&self, name: &str) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut map = self
+            .alpn_challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(&name);
+    }
+
+    /// The challenge certificate for an `acme-tls/1` ClientHello naming `sni`.
+    fn alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.trim_end_matches('.').to_ascii_lowercase();
+        let map = self
+            .alpn_challenges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(&name).cloned()
     }
 
     /// Files mode: re-reads every pair whose certificate or key file changed (mtime or length)
@@ -349,7 +400,7 @@ impl CertStore {
                     tracing::info!(cert = %w.pair.cert.display(), ?names, "reloaded certificate");
                     let mut served = self.served_mut();
                     served.remove(&w.key);
-                    served.install(names, Arc::clone(&key));
+                    served.install(names, Arc::clone(&key), false);
                     w.key = key;
                     changed = true;
                 }
@@ -422,6 +473,14 @@ struct SniResolver(Arc<CertStore>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737 §3: a validation handshake offers only `acme-tls/1`; it gets the challenge
+        // certificate or nothing, never a served certificate.
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::ACME_TLS_ALPN));
+        if acme {
+            return self.0.alpn_challenge(hello.server_name());
+        }
         self.0.served().lookup(hello.server_name())
     }
 }
@@ -445,7 +504,7 @@ mod tests {
         let ca = LocalCa::open(dir.path())?;
         let mut served = Served::default();
         for group in groups {
-            served.install(strings(group), ca.leaf(&strings(group))?);
+            served.install(strings(group), ca.leaf(&strings(group))?, false);
         }
         Ok(served)
     }
@@ -486,7 +545,7 @@ mod tests {
         let c = served
             .lookup(Some("c.example.test"))
             .ok_or("no certificate")?;
-        served.install(strings(&["b.example.test", "c.example.test"]), c);
+        served.install(strings(&["b.example.test", "c.example.test"]), c, false);
         let names: Vec<Vec<String>> = served
             .entries
             .iter()
@@ -523,6 +582,27 @@ mod tests {
             ["example.org", "autoconfig.example.org"]
         );
         assert_eq!(names_of("unknown.example.net")?, ["mail.example.test"]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_local_ca_never_takes_names_from_an_inserted_certificate() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = CertStore::new(CertSource::LocalCa {
+            dir: dir.path().to_owned(),
+        })?;
+        let group = strings(&["example.org", "mta-sts.example.org"]);
+        store.ensure_local_names(std::slice::from_ref(&group))?;
+        let other = tempfile::tempdir()?;
+        let acme_like = LocalCa::open(other.path())?.leaf(&strings(&["example.org"]))?;
+        store.insert(&strings(&["example.org"]), Arc::clone(&acme_like));
+        store.ensure_local_names(&[group])?;
+        let served = store.certified_key("example.org").ok_or("no certificate")?;
+        assert!(Arc::ptr_eq(&served, &acme_like));
+        let local = store
+            .certified_key("mta-sts.example.org")
+            .ok_or("no certificate")?;
+        assert!(!Arc::ptr_eq(&local, &acme_like));
         Ok(())
     }
 

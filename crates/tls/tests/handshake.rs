@@ -22,9 +22,17 @@ const MAIL_HOST: &str = "mail.example.test";
 
 /// Accepts TLS connections on 127.0.0.1:0 until the test ends; each is read until EOF.
 async fn serve(store: &Arc<CertStore>) -> Result<SocketAddr, std::io::Error> {
+    serve_alpn(store, vec![b"imap".to_vec()]).await
+}
+
+/// [`serve`] with the ALPN protocols `alpn`.
+async fn serve_alpn(
+    store: &Arc<CertStore>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<SocketAddr, std::io::Error> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let acceptor = TlsAcceptor::from(store.server_config(vec![b"imap".to_vec()]));
+    let acceptor = TlsAcceptor::from(store.server_config(alpn));
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -179,6 +187,51 @@ async fn sni_selects_the_certificate_of_each_domain_and_verifies_against_the_loc
     let status = store.status();
     assert_eq!(status.len(), 3);
     assert!(status.iter().all(|c| c.issuer.contains("Tessera local CA")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn acme_tls_1_hellos_get_the_challenge_certificate_or_none() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = local_store(dir.path(), &[])?;
+    let addr = serve_alpn(
+        &store,
+        vec![b"http/1.1".to_vec(), tls::ACME_TLS_ALPN.to_vec()],
+    )
+    .await?;
+    let with_alpn = |protocol: &[u8]| -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let mut config = (*accept_any_client()?).clone();
+        config.alpn_protocols = vec![protocol.to_vec()];
+        Ok(Arc::new(config))
+    };
+    let validator = with_alpn(tls::ACME_TLS_ALPN)?;
+    let browser = with_alpn(b"http/1.1")?;
+    let served = leaf_for(addr, &browser, MAIL_HOST).await?;
+    // RFC 8737 §3: no challenge published, no certificate: never the served one.
+    assert!(
+        handshake(addr, Arc::clone(&validator), MAIL_HOST)
+            .await
+            .is_err()
+    );
+
+    let other = tempfile::tempdir()?;
+    let challenge = local_store(other.path(), &[])?
+        .certified_key(MAIL_HOST)
+        .ok_or("no certificate")?;
+    store.set_alpn_challenge(MAIL_HOST, Arc::clone(&challenge));
+    let leaf = leaf_for(addr, &validator, MAIL_HOST).await?;
+    assert_eq!(Some(&leaf), challenge.cert.first());
+    assert_ne!(leaf, served);
+    // Everyone else still gets the served certificate; other names get no challenge.
+    assert_eq!(leaf_for(addr, &browser, MAIL_HOST).await?, served);
+    assert!(
+        handshake(addr, Arc::clone(&validator), "other.example.test")
+            .await
+            .is_err()
+    );
+
+    store.remove_alpn_challenge(MAIL_HOST);
+    assert!(handshake(addr, validator, MAIL_HOST).await.is_err());
     Ok(())
 }
 

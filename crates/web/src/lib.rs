@@ -16,7 +16,8 @@
 //!   CMS SignedData (RFC 5652) with the mail host's certificate.
 //! - The setup page at `/setup` (and `/` of the discovery hosts), with a QR code.
 //! - The MTA-STS policy (RFC 8461 §3.2) at `https://mta-sts.<domain>/.well-known/mta-sts.txt`.
-//! - ACME HTTP-01 challenges (RFC 8555 §8.3) from [`Http01Challenges`].
+//! - ACME HTTP-01 challenges (RFC 8555 §8.3) from [`Http01Challenges`]; a TLS-ALPN-01
+//!   validation connection (ALPN `acme-tls/1`, RFC 8737 §3) is closed right after its handshake.
 //!
 //! Standards: RFC 9110/9112 (HTTP semantics and HTTP/1.1), RFC 8461 (MTA-STS), RFC 5652 (CMS),
 //! RFC 5758 and RFC 8419 (CMS signature algorithms), RFC 8555 §8.3 (HTTP-01), RFC 9562 §5.8
@@ -242,6 +243,15 @@ pub(crate) struct ConnFacts {
 
 impl net::SessionHandler for WebServer {
     async fn handle(&self, conn: net::Connection) {
+        // RFC 8737 §3: a TLS-ALPN-01 validation connection ends after the handshake; no HTTP.
+        if conn
+            .tls_info()
+            .and_then(|info| info.alpn.as_deref())
+            .is_some_and(|alpn| alpn == tls::ACME_TLS_ALPN)
+        {
+            tracing::debug!("acme-tls/1 validation handshake done; closing");
+            return;
+        }
         let facts = ConnFacts { tls: conn.is_tls() };
         let shutdown = conn.shutdown().clone();
         let config = &self.shared.config;
