@@ -24,6 +24,7 @@
 //! - A queued message ([`Store::enqueue`]) follows the same blob-before-row rule and the same
 //!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
+mod auth_cache;
 mod blob;
 mod dkim;
 mod error;

@@ -1581,6 +1581,13 @@ impl Store for SqliteStore {
             ),
             None => (None, dummy_hash().to_string()),
         };
+        // A recent success with this very password and stored hash: skip Argon2id
+        // (`auth_cache`). Failures are never remembered and always pay the full cost.
+        if let Some(a) = &account
+            && crate::auth_cache::AUTH_CACHE.verified(a.id.0, &hash, password)
+        {
+            return Ok(account);
+        }
         let password = password.to_string();
         // Argon2id needs ~19 MiB per verification; a burst of logins must not turn into a
         // burst of memory (the allocator keeps what it once grew to), so verifications run
@@ -1589,9 +1596,14 @@ impl Store for SqliteStore {
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let ok = tokio::task::spawn_blocking(move || password::verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let (ok, password, hash) = tokio::task::spawn_blocking(move || {
+            (password::verify_password(&password, &hash), password, hash)
+        })
+        .await
+        .unwrap_or_default();
+        if ok && let Some(a) = &account {
+            crate::auth_cache::AUTH_CACHE.remember(a.id.0, &hash, &password);
+        }
         Ok(if ok { account } else { None })
     }
 
