@@ -36,6 +36,7 @@
 //! - After `ENABLE QRESYNC` expunges are announced as `VANISHED` and unsolicited FETCH
 //!   responses carry UID; after any CONDSTORE-enabling command FETCH FLAGS carries MODSEQ.
 
+mod index;
 mod mailbox_name;
 pub mod mime;
 mod search;
@@ -92,6 +93,10 @@ pub struct ImapServer {
     pub(crate) config: ImapConfig,
     /// Per mailbox, the highest UID some session has already seen as \Recent.
     pub(crate) recent: Mutex<HashMap<store::MailboxId, u32>>,
+    /// Shared per-mailbox snapshots for SELECT (`index`).
+    pub(crate) index: index::IndexCache,
+    /// Shared header blocks for header SEARCH (`index::HeaderCache`).
+    pub(crate) headers: index::HeaderCache,
 }
 
 impl std::fmt::Debug for ImapServer {
@@ -114,6 +119,8 @@ impl ImapServer {
             throttle,
             config,
             recent: Mutex::new(HashMap::new()),
+            index: index::IndexCache::default(),
+            headers: index::HeaderCache::default(),
         }
     }
 
