@@ -25,11 +25,16 @@ use sha2::{Digest, Sha256};
 pub(crate) const TTL: Duration = Duration::from_secs(120);
 /// Accounts remembered at most.
 const MAX_ENTRIES: usize = 10_000;
+/// Locks that make concurrent logins to one account verify once (striped by account id).
+const STRIPES: usize = 64;
 
 /// Remembered verifications, keyed by account id.
 pub(crate) struct AuthCache {
     salt: [u8; 32],
     entries: Mutex<HashMap<i64, Entry>>,
+    /// Held around a verification, so fifty sessions logging in at once to one account
+    /// run Argon2id once and the others find the result here.
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 struct Entry {
@@ -47,6 +52,7 @@ impl AuthCache {
         AuthCache {
             salt,
             entries: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -72,6 +78,13 @@ impl AuthCache {
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0
         })
+    }
+
+    /// Waits for other verifications for `account` (and accounts sharing its stripe); hold
+    /// the guard while verifying and check [`verified`](Self::verified) again after taking it.
+    pub(crate) async fn serialise(&self, account: i64) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = usize::try_from(account.rem_euclid(STRIPES as i64)).unwrap_or(0);
+        self.stripes[stripe].lock().await
     }
 
     /// Records a successful Argon2id verification.

@@ -1583,11 +1583,21 @@ impl Store for SqliteStore {
         };
         // A recent success with this very password and stored hash: skip Argon2id
         // (`auth_cache`). Failures are never remembered and always pay the full cost.
-        if let Some(a) = &account
-            && crate::auth_cache::AUTH_CACHE.verified(a.id.0, &hash, password)
-        {
-            return Ok(account);
-        }
+        let cache = &crate::auth_cache::AUTH_CACHE;
+        let _one_at_a_time = match &account {
+            Some(a) => {
+                if cache.verified(a.id.0, &hash, password) {
+                    return Ok(account);
+                }
+                let guard = cache.serialise(a.id.0).await;
+                // Another login may have verified this password while we waited.
+                if cache.verified(a.id.0, &hash, password) {
+                    return Ok(account);
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let password = password.to_string();
         // Argon2id needs ~19 MiB per verification; a burst of logins must not turn into a
         // burst of memory (the allocator keeps what it once grew to), so verifications run
@@ -1602,7 +1612,7 @@ impl Store for SqliteStore {
         .await
         .unwrap_or_default();
         if ok && let Some(a) = &account {
-            crate::auth_cache::AUTH_CACHE.remember(a.id.0, &hash, &password);
+            cache.remember(a.id.0, &hash, &password);
         }
         Ok(if ok { account } else { None })
     }
