@@ -29,7 +29,8 @@ pub(crate) const MAX_CACHED_MESSAGES: usize = 500_000;
 const UNUSED_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// One message of a mailbox as a session knows it. In a shared snapshot `recent` and
-/// `expunged` are false and `size`, `date`, `tz` zero (sessions load them when needed).
+/// `expunged` are false; `size`, `date`, `tz` are zero when unknown (messages listed by a
+/// full read; sessions load them when a command needs them), set for messages added later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Msg {
     pub uid: u32,
@@ -101,7 +102,9 @@ pub(crate) fn apply_changes(msgs: &mut Vec<Msg>, changed: &[MessageMeta], gone: 
         let uid = c.uid.0;
         if uid > max_known {
             if msgs.last().is_none_or(|m| m.uid < uid) {
-                msgs.push(Msg::new(uid, c.message, c.flags.clone(), c.modseq.0));
+                let mut m = Msg::new(uid, c.message, c.flags.clone(), c.modseq.0);
+                (m.size, m.date, m.tz) = (c.size, c.internal_date, c.tz_offset_minutes);
+                msgs.push(m);
             }
             continue;
         }

@@ -1371,16 +1371,37 @@ impl Session<'_> {
                 .await?
                 .filter(|i| i.id == sel_id);
             let (hms, changes, gone) = match info {
-                // RFC 7162: only what changed since the last sync (new, flags, expunged).
+                // RFC 7162: only what changed since the last sync (new, flags, expunged),
+                // taken from the shared mailbox index brought up to `info` (one session
+                // reads the store's delta; the others find the index current). The index
+                // reflects every change up to `info.highest_modseq`, read after anything
+                // this session has seen, so a known message missing from it is expunged.
                 Some(info) => {
-                    let since = store::ModSeq(known_modseq);
-                    let changes = store.messages_changed_since(account, sel_id, since).await?;
-                    let gone: Vec<u32> = store
-                        .expunged_since(account, sel_id, since)
-                        .await?
-                        .into_iter()
-                        .map(|u| u.0)
+                    let snap = self.mailbox_index(&info).await?;
+                    let changes: Vec<store::MessageMeta> = snap
+                        .msgs
+                        .iter()
+                        .filter(|m| m.modseq > known_modseq)
+                        .map(|m| store::MessageMeta {
+                            uid: Uid(m.uid),
+                            message: m.message,
+                            size: m.size,
+                            internal_date: m.date,
+                            tz_offset_minutes: m.tz,
+                            flags: m.flags.clone(),
+                            modseq: store::ModSeq(m.modseq),
+                        })
                         .collect();
+                    let mut gone = Vec::new();
+                    let mut j = 0;
+                    for m in sel.msgs.iter().filter(|m| !m.expunged) {
+                        while snap.msgs.get(j).is_some_and(|s| s.uid < m.uid) {
+                            j += 1;
+                        }
+                        if snap.msgs.get(j).is_none_or(|s| s.uid != m.uid) {
+                            gone.push(m.uid);
+                        }
+                    }
                     (info.highest_modseq.0, changes, gone)
                 }
                 // Renamed or deleted under us: compare with the whole mailbox.
@@ -1416,6 +1437,7 @@ impl Session<'_> {
             let mut out = Vec::new();
             let mut new_keywords = false;
             let mut added = 0;
+            let mut details_lost = false;
             for f in changes {
                 let uid = f.uid.0;
                 if uid > max_known {
@@ -1424,6 +1446,8 @@ impl Session<'_> {
                             new_keywords = true;
                         }
                     }
+                    // Taken from the index without its size and date (`Msg::new`).
+                    details_lost |= f.size == 0 && f.internal_date == 0;
                     Arc::make_mut(&mut sel.msgs).push(Msg {
                         uid,
                         message: f.message,
@@ -1441,10 +1465,10 @@ impl Session<'_> {
                 let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) else {
                     continue;
                 };
-                let m = &mut Arc::make_mut(&mut sel.msgs)[i];
-                if m.expunged {
+                if sel.msgs[i].expunged || f.modseq.0 < sel.msgs[i].modseq {
                     continue;
                 }
+                let m = &mut Arc::make_mut(&mut sel.msgs)[i];
                 m.modseq = m.modseq.max(f.modseq.0);
                 if f.flags == m.flags {
                     continue;
@@ -1457,6 +1481,9 @@ impl Session<'_> {
                     }
                 }
                 out.push(fetch_flags_line(i + 1, m, condstore, qresync));
+            }
+            if details_lost {
+                sel.details = false;
             }
             if new_keywords {
                 let flags = flag_list(&sel.keywords);
@@ -1508,7 +1535,8 @@ impl Session<'_> {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        if sel.msgs.iter().any(|m| m.recent || m.expunged) {
+        // A session that loaded sizes and dates keeps them (sharing would drop them).
+        if sel.details || sel.msgs.iter().any(|m| m.recent || m.expunged) {
             return;
         }
         let snap = cache.get(sel.id, sel.uid_validity);
@@ -1524,11 +1552,10 @@ impl Session<'_> {
                     .all(|(a, b)| a.same_state(b))
             {
                 sel.msgs = snap.msgs.clone();
-                sel.details = false;
                 return;
             }
         }
-        if !sel.details && snap.is_none_or(|s| s.modseq < sel.highest_modseq) {
+        if snap.is_none_or(|s| s.modseq < sel.highest_modseq) {
             cache.put(
                 sel.id,
                 Arc::new(index::MailboxIndex {
