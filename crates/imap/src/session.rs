@@ -20,6 +20,9 @@ use crate::wire::{
     StoreMode, push_literal, push_string,
 };
 
+/// Bytes of whole messages SEARCH BODY/TEXT reads per store call.
+const BODY_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Flush the output buffer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -1970,6 +1973,7 @@ impl Session<'_> {
             Vec::new()
         };
         let mut heads: std::collections::VecDeque<(Uid, Arc<[u8]>)> = Default::default();
+        let mut bodies: std::collections::VecDeque<(Uid, Vec<u8>)> = Default::default();
         for (k, (i, m)) in candidates.iter().enumerate() {
             let raw: Option<std::borrow::Cow<'_, [u8]>> = if headers_only {
                 if let Some(Some(head)) = cached.get(k) {
@@ -2022,10 +2026,29 @@ impl Session<'_> {
                     }
                 }
             } else if needs {
-                match self.server.store.read_message(account, m.message).await {
-                    Ok(r) => Some(std::borrow::Cow::Owned(r)),
-                    Err(StoreError::NotFound(_)) => continue,
-                    Err(e) => return Err(e.into()),
+                // Whole messages, a chunk of UIDs (bounded in bytes) per store call.
+                if bodies.front().is_none_or(|(u, _)| u.0 < m.uid) {
+                    let last = candidates[(k + SEARCH_CHUNK - 1).min(candidates.len() - 1)]
+                        .1
+                        .uid;
+                    bodies = self
+                        .server
+                        .store
+                        .message_bodies(account, sel_id, Uid(m.uid), Uid(last), BODY_CHUNK_BYTES)
+                        .await?
+                        .into();
+                }
+                while bodies.front().is_some_and(|(u, _)| u.0 < m.uid) {
+                    bodies.pop_front();
+                }
+                match bodies.pop_front() {
+                    Some((u, body)) if u.0 == m.uid => Some(std::borrow::Cow::Owned(body)),
+                    // Gone from the store already.
+                    Some(other) => {
+                        bodies.push_front(other);
+                        continue;
+                    }
+                    None => continue,
                 }
             } else {
                 None

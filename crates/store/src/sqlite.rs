@@ -52,6 +52,7 @@ const MAX_MAILBOXES: i64 = 10_000;
 
 mod dkim_ops;
 mod queue_ops;
+mod read_ops;
 
 const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -2061,6 +2062,18 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    async fn message_bodies(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        first: Uid,
+        last: Uid,
+        max_bytes: u64,
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        self.read_message_bodies(account, mailbox, first, last, max_bytes)
+            .await
     }
 
     async fn store_flags(
