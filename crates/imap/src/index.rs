@@ -10,7 +10,7 @@
 //!   when the snapshot is older, applies what changed since (`messages_changed_since`,
 //!   `expunged_since`; the expunge log is never pruned while the mailbox exists). So the
 //!   index cannot serve anything staler than the store at the start of the SELECT.
-//! - A snapshot is only used for the mailbox id *and* UIDVALIDITY it was built for.
+//! - A snapshot is only used for the account, mailbox id *and* UIDVALIDITY it was built for.
 //! - Shared by all sessions of all accounts (a mailbox id belongs to one account, and sessions
 //!   only ask for ids of their own account). Memory is bounded: at most [`MAX_CACHED_MESSAGES`]
 //!   messages over all snapshots, least recently used dropped first, and snapshots unused for
@@ -21,7 +21,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use store::{Flags, MailboxId, MessageId, MessageMeta};
+use store::{AccountId, Flags, MailboxId, MessageId, MessageMeta};
+
+/// What the caches are keyed by: the account too, so that a mailbox id reused by the store
+/// for another account's mailbox can never reach the first account's entries.
+pub(crate) type MailboxKey = (AccountId, MailboxId);
 
 /// Messages held over all snapshots at most (~72 bytes each).
 pub(crate) const MAX_CACHED_MESSAGES: usize = 500_000;
@@ -129,7 +133,7 @@ struct Slot {
 
 /// The shared cache of snapshots.
 pub(crate) struct IndexCache {
-    slots: Mutex<HashMap<MailboxId, Slot>>,
+    slots: Mutex<HashMap<MailboxKey, Slot>>,
     /// Messages held at most over all snapshots.
     max_messages: usize,
 }
@@ -150,7 +154,7 @@ impl IndexCache {
     }
 
     /// The snapshot of `mailbox`, if one is held for this UIDVALIDITY.
-    pub(crate) fn get(&self, mailbox: MailboxId, uid_validity: u32) -> Option<Arc<MailboxIndex>> {
+    pub(crate) fn get(&self, mailbox: MailboxKey, uid_validity: u32) -> Option<Arc<MailboxIndex>> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = slots.get_mut(&mailbox)?;
         if slot.index.uid_validity != uid_validity {
@@ -163,7 +167,7 @@ impl IndexCache {
 
     /// Offers a snapshot; kept unless a newer one (higher MODSEQ, same UIDVALIDITY) is held
     /// or it is larger than the whole cache.
-    pub(crate) fn put(&self, mailbox: MailboxId, index: Arc<MailboxIndex>) {
+    pub(crate) fn put(&self, mailbox: MailboxKey, index: Arc<MailboxIndex>) {
         let n = index.msgs.len();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if n > self.max_messages {
@@ -197,7 +201,7 @@ impl IndexCache {
     }
 
     /// Forgets `mailbox` (deleted, or its UIDVALIDITY changed).
-    pub(crate) fn forget(&self, mailbox: MailboxId) {
+    pub(crate) fn forget(&self, mailbox: MailboxKey) {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -230,7 +234,7 @@ struct MailboxHeaders {
 /// stop being asked for and leave with their mailbox's entry. Bounded by
 /// [`MAX_CACHED_HEADER_BYTES`], least recently used mailbox dropped first.
 pub(crate) struct HeaderCache {
-    mailboxes: Mutex<HashMap<MailboxId, MailboxHeaders>>,
+    mailboxes: Mutex<HashMap<MailboxKey, MailboxHeaders>>,
     max_bytes: usize,
 }
 
@@ -252,7 +256,7 @@ impl HeaderCache {
     /// The cached header blocks of `uids` (same order; `None` where not cached).
     pub(crate) fn get_many(
         &self,
-        mailbox: MailboxId,
+        mailbox: MailboxKey,
         uid_validity: u32,
         uids: impl Iterator<Item = u32>,
     ) -> Vec<Option<Arc<[u8]>>> {
@@ -272,7 +276,7 @@ impl HeaderCache {
     /// Remembers header blocks read from the store.
     pub(crate) fn put_many(
         &self,
-        mailbox: MailboxId,
+        mailbox: MailboxKey,
         uid_validity: u32,
         heads: impl Iterator<Item = (u32, Arc<[u8]>)>,
     ) {
@@ -319,7 +323,7 @@ impl HeaderCache {
     }
 
     /// Forgets `mailbox` (deleted).
-    pub(crate) fn forget(&self, mailbox: MailboxId) {
+    pub(crate) fn forget(&self, mailbox: MailboxKey) {
         self.mailboxes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -331,6 +335,10 @@ impl HeaderCache {
 mod tests {
     use super::*;
     use store::{ModSeq, SystemFlags, Uid};
+
+    fn key(id: i64) -> MailboxKey {
+        (AccountId(1), MailboxId(id))
+    }
 
     fn entry(uid: u32, modseq: u64) -> Msg {
         Msg::new(uid, MessageId(i64::from(uid)), Flags::default(), modseq)
@@ -389,7 +397,7 @@ mod tests {
     #[test]
     fn cache_keys_on_uidvalidity_and_keeps_the_newest() {
         let cache = IndexCache::default();
-        let id = MailboxId(1);
+        let id = key(1);
         cache.put(id, index(300, 10));
         cache.put(id, index(300, 5));
         assert_eq!(cache.get(id, 7).map(|i| i.modseq), Some(10));
@@ -403,32 +411,25 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         let cache = IndexCache::with_limit(1000);
-        cache.put(MailboxId(2), index(500, 1));
-        cache.put(MailboxId(3), index(500, 1));
-        cache.put(MailboxId(4), index(500, 1));
-        cache.put(MailboxId(5), index(1001, 1));
+        cache.put(key(2), index(500, 1));
+        cache.put(key(3), index(500, 1));
+        cache.put(key(4), index(500, 1));
+        cache.put(key(5), index(1001, 1));
         assert_eq!(cache.len(), 2, "least recently used dropped");
-        assert!(
-            cache.get(MailboxId(5), 7).is_none(),
-            "larger than the cache"
-        );
-        assert!(cache.get(MailboxId(2), 7).is_none());
+        assert!(cache.get(key(5), 7).is_none(), "larger than the cache");
+        assert!(cache.get(key(2), 7).is_none());
     }
 
     #[test]
     fn header_cache_keys_on_uidvalidity_and_is_bounded() {
         let cache = HeaderCache::with_limit(100);
         let h: Arc<[u8]> = Arc::from(&b"Subject: x\r\n\r\n"[..]);
-        cache.put_many(
-            MailboxId(1),
-            7,
-            [(1, h.clone()), (2, h.clone())].into_iter(),
-        );
-        let got = cache.get_many(MailboxId(1), 7, [1, 2, 3].into_iter());
+        cache.put_many(key(1), 7, [(1, h.clone()), (2, h.clone())].into_iter());
+        let got = cache.get_many(key(1), 7, [1, 2, 3].into_iter());
         assert_eq!(got.iter().filter(|g| g.is_some()).count(), 2);
-        assert!(cache.get_many(MailboxId(1), 8, [1].into_iter())[0].is_none());
+        assert!(cache.get_many(key(1), 8, [1].into_iter())[0].is_none());
         for i in 0..10 {
-            cache.put_many(MailboxId(2 + i), 7, [(1, h.clone())].into_iter());
+            cache.put_many(key(2 + i), 7, [(1, h.clone())].into_iter());
         }
         let total: usize = cache
             .mailboxes

@@ -803,7 +803,7 @@ impl Session<'_> {
         let store = &self.server.store;
         let cache = &self.server.index;
         let hms = info.highest_modseq.0;
-        if let Some(snap) = cache.get(info.id, info.uid_validity.0) {
+        if let Some(snap) = cache.get((account, info.id), info.uid_validity.0) {
             if snap.modseq >= hms {
                 return Ok(snap);
             }
@@ -818,7 +818,7 @@ impl Session<'_> {
                 .map(|u| u.0)
                 .collect();
             let next = Arc::new(snap.advanced(hms, &changed, &gone));
-            cache.put(info.id, next.clone());
+            cache.put((account, info.id), next.clone());
             return Ok(next);
         }
         let metas = store.message_flags(account, info.id).await?;
@@ -832,7 +832,7 @@ impl Session<'_> {
                     .collect(),
             ),
         });
-        cache.put(info.id, snap.clone());
+        cache.put((account, info.id), snap.clone());
         Ok(snap)
     }
 
@@ -941,8 +941,8 @@ impl Session<'_> {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
         };
         // Memory only: a recreated mailbox gets a new UIDVALIDITY, which the index checks.
-        self.server.index.forget(doomed.id);
-        self.server.headers.forget(doomed.id);
+        self.server.index.forget((account, doomed.id));
+        self.server.headers.forget((account, doomed.id));
         let prefix = format!("{name}/");
         if all.iter().any(|m| m.name.starts_with(&prefix)) {
             return Err(CmdError::No(
@@ -1535,14 +1535,15 @@ impl Session<'_> {
     /// `highest_modseq`, like any snapshot; see `index`).
     fn share_selected(&mut self) {
         let cache = &self.server.index;
-        let Some(sel) = self.selected.as_mut() else {
+        let (Some(account), Some(sel)) = (self.account.as_ref(), self.selected.as_mut()) else {
             return;
         };
+        let key = (account.id, sel.id);
         // A session that loaded sizes and dates keeps them (sharing would drop them).
         if sel.details || sel.msgs.iter().any(|m| m.recent || m.expunged) {
             return;
         }
-        let snap = cache.get(sel.id, sel.uid_validity);
+        let snap = cache.get(key, sel.uid_validity);
         if let Some(snap) = &snap {
             if Arc::ptr_eq(&snap.msgs, &sel.msgs) {
                 return;
@@ -1560,7 +1561,7 @@ impl Session<'_> {
         }
         if snap.is_none_or(|s| s.modseq < sel.highest_modseq) {
             cache.put(
-                sel.id,
+                key,
                 Arc::new(index::MailboxIndex {
                     uid_validity: sel.uid_validity,
                     modseq: sel.highest_modseq,
@@ -1965,7 +1966,7 @@ impl Session<'_> {
         // query (no bodies), remembered for the next SEARCH.
         let cached = if headers_only {
             self.server.headers.get_many(
-                sel_id,
+                (account, sel_id),
                 uid_validity,
                 candidates.iter().map(|(_, m)| m.uid),
             )
@@ -1994,7 +1995,7 @@ impl Session<'_> {
                             .collect();
                         // Only complete header blocks (a cut one falls back to the message).
                         self.server.headers.put_many(
-                            sel_id,
+                            (account, sel_id),
                             uid_validity,
                             heads
                                 .iter()
