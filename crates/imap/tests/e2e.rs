@@ -215,6 +215,7 @@ async fn imap_oracle_check_py_against_the_server() {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    eprintln!("imap-oracle: {summary}");
     assert!(passed >= 1586, "oracle regressed: {summary}\n{out}");
 }
 
