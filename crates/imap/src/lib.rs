@@ -29,6 +29,11 @@
 //! - Internal errors reach the client as `NO [SERVERBUG]` with a correlation id; the detail
 //!   goes to the log only. Passwords are `Secret`s and never logged.
 //! - \Recent is tracked per process (the first session to see a message gets it).
+//! - Sessions share one in-memory list per mailbox (`index`): a snapshot labelled with a
+//!   HIGHESTMODSEQ read before its rows, brought forward by the store's delta whenever a
+//!   session reads a newer HIGHESTMODSEQ, so SELECT and unsolicited updates never see
+//!   anything staler than the store at that read. Keyed by account, mailbox and UIDVALIDITY;
+//!   bounded; copy on write per session.
 //! - A session's HIGHESTMODSEQ is read from the store before the messages it describes, so
 //!   it never claims a change the session has not loaded; it is only announced outside
 //!   SELECT when no expunge is withheld (a client resyncing from it would miss those).
