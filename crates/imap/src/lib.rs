@@ -29,6 +29,11 @@
 //! - Internal errors reach the client as `NO [SERVERBUG]` with a correlation id; the detail
 //!   goes to the log only. Passwords are `Secret`s and never logged.
 //! - \Recent is tracked per process (the first session to see a message gets it).
+//! - Sessions share one in-memory list per mailbox (`index`): a snapshot labelled with a
+//!   HIGHESTMODSEQ read before its rows, brought forward by the store's delta whenever a
+//!   session reads a newer HIGHESTMODSEQ, so SELECT and unsolicited updates never see
+//!   anything staler than the store at that read. Keyed by account, mailbox and UIDVALIDITY;
+//!   bounded; copy on write per session.
 //! - A session's HIGHESTMODSEQ is read from the store before the messages it describes, so
 //!   it never claims a change the session has not loaded; it is only announced outside
 //!   SELECT when no expunge is withheld (a client resyncing from it would miss those).
@@ -36,6 +41,7 @@
 //! - After `ENABLE QRESYNC` expunges are announced as `VANISHED` and unsolicited FETCH
 //!   responses carry UID; after any CONDSTORE-enabling command FETCH FLAGS carries MODSEQ.
 
+mod index;
 mod mailbox_name;
 pub mod mime;
 mod search;
@@ -92,6 +98,10 @@ pub struct ImapServer {
     pub(crate) config: ImapConfig,
     /// Per mailbox, the highest UID some session has already seen as \Recent.
     pub(crate) recent: Mutex<HashMap<store::MailboxId, u32>>,
+    /// Shared per-mailbox snapshots for SELECT (`index`).
+    pub(crate) index: index::IndexCache,
+    /// Shared header blocks for header SEARCH (`index::HeaderCache`).
+    pub(crate) headers: index::HeaderCache,
 }
 
 impl std::fmt::Debug for ImapServer {
@@ -114,6 +124,8 @@ impl ImapServer {
             throttle,
             config,
             recent: Mutex::new(HashMap::new()),
+            index: index::IndexCache::default(),
+            headers: index::HeaderCache::default(),
         }
     }
 

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use net::{Connection, NetError, ReadEvent};
-use store::{AccountInfo, Change, FlagOp, Flags, MailboxId, MessageId, StoreError, Uid};
+use store::{AccountInfo, Change, FlagOp, Flags, MailboxId, StoreError, Uid};
 use tokio::sync::broadcast;
 
 use crate::ImapServer;
+use crate::index::{self, Msg};
 use crate::mailbox_name::{self, DELIMITER, NameError};
 use crate::mime::{self, MimeMessage};
 use crate::search;
@@ -17,6 +19,9 @@ use crate::wire::{
     self, Command, CommandBody, FetchAttr, ListOptions, Lossy, ParseError, SectionText, StatusItem,
     StoreMode, push_literal, push_string,
 };
+
+/// Bytes of whole messages SEARCH BODY/TEXT reads per store call.
+const BODY_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Flush the output buffer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
@@ -83,32 +88,20 @@ enum State {
     Selected,
 }
 
-/// One message of the selected mailbox as this session knows it.
-#[derive(Debug, Clone)]
-struct Msg {
-    uid: u32,
-    message: MessageId,
-    size: u64,
-    date: i64,
-    tz: i32,
-    flags: Flags,
-    modseq: u64,
-    recent: bool,
-    /// Expunged in the store, not yet announced (RFC 3501 §7.4.1).
-    expunged: bool,
-}
-
 /// The selected mailbox.
 #[derive(Debug)]
 struct Selected {
     /// Store id.
     id: MailboxId,
+    /// UIDVALIDITY at SELECT (the mailbox index is only shared for the same one).
+    uid_validity: u32,
     /// Name (UTF-8).
     name: String,
     /// EXAMINE, or SELECT of a mailbox we may not change.
     read_only: bool,
-    /// Messages in sequence order (index = seq - 1).
-    msgs: Vec<Msg>,
+    /// Messages in sequence order (index = seq - 1). Shared with the mailbox index (and other
+    /// sessions) until this session changes something (`Arc::make_mut`).
+    msgs: Arc<Vec<Msg>>,
     /// The change feed said something changed here.
     dirty: bool,
     /// Keywords announced in FLAGS.
@@ -727,29 +720,24 @@ impl Session<'_> {
         let Some(info) = self.lookup(&name).await? else {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
         };
-        let account = self.account_id()?;
-        // Lean: no sizes or dates (loaded by `ensure_details` when a command needs them).
-        let metas = self.server.store.message_flags(account, info.id).await?;
-        let max_uid = metas.last().map_or(0, |m| m.uid.0);
+        let snapshot = self.mailbox_index(&info).await?;
+        let max_uid = snapshot.msgs.last().map_or(0, |m| m.uid);
         let claimed = self.server.claim_recent(info.id, max_uid, !examine);
-        let mut keywords = BTreeSet::new();
-        let msgs: Vec<Msg> = metas
-            .into_iter()
-            .map(|m| {
-                keywords.extend(m.flags.keywords.iter().cloned());
-                Msg {
-                    uid: m.uid.0,
-                    message: m.message,
-                    size: 0,
-                    date: 0,
-                    tz: 0,
-                    flags: m.flags,
-                    modseq: m.modseq.0,
-                    recent: m.uid.0 > claimed,
-                    expunged: false,
+        let mut msgs = snapshot.msgs.clone();
+        drop(snapshot);
+        if claimed < max_uid {
+            // Some messages are \Recent for this session only: a private copy.
+            for m in Arc::make_mut(&mut msgs).iter_mut().rev() {
+                if m.uid <= claimed {
+                    break;
                 }
-            })
-            .collect();
+                m.recent = true;
+            }
+        }
+        let mut keywords = BTreeSet::new();
+        for m in msgs.iter().filter(|m| !m.flags.keywords.is_empty()) {
+            keywords.extend(m.flags.keywords.iter().cloned());
+        }
         let flags = flag_list(&keywords);
         self.untagged(&format!("FLAGS ({flags})"));
         if examine {
@@ -782,6 +770,7 @@ impl Session<'_> {
         self.untagged(&format!("OK [HIGHESTMODSEQ {highest_modseq}] Highest"));
         self.selected = Some(Selected {
             id: info.id,
+            uid_validity: info.uid_validity.0,
             name: info.name,
             read_only: examine,
             msgs,
@@ -801,6 +790,50 @@ impl Session<'_> {
         } else {
             "[READ-WRITE] SELECT completed".into()
         })
+    }
+
+    /// The messages of `info` as of (at least) its HIGHESTMODSEQ: the shared snapshot
+    /// brought forward by what changed since it was taken, or a fresh read of the store
+    /// (`index` explains why this is never staler than the store at `info`'s read).
+    async fn mailbox_index(
+        &self,
+        info: &store::MailboxInfo,
+    ) -> Result<Arc<index::MailboxIndex>, CmdError> {
+        let account = self.account_id()?;
+        let store = &self.server.store;
+        let cache = &self.server.index;
+        let hms = info.highest_modseq.0;
+        if let Some(snap) = cache.get((account, info.id), info.uid_validity.0) {
+            if snap.modseq >= hms {
+                return Ok(snap);
+            }
+            let since = store::ModSeq(snap.modseq);
+            let changed = store
+                .messages_changed_since(account, info.id, since)
+                .await?;
+            let gone: Vec<u32> = store
+                .expunged_since(account, info.id, since)
+                .await?
+                .into_iter()
+                .map(|u| u.0)
+                .collect();
+            let next = Arc::new(snap.advanced(hms, &changed, &gone));
+            cache.put((account, info.id), next.clone());
+            return Ok(next);
+        }
+        let metas = store.message_flags(account, info.id).await?;
+        let snap = Arc::new(index::MailboxIndex {
+            uid_validity: info.uid_validity.0,
+            modseq: hms,
+            msgs: Arc::new(
+                metas
+                    .into_iter()
+                    .map(|m| Msg::new(m.uid.0, m.message, m.flags, m.modseq.0))
+                    .collect(),
+            ),
+        });
+        cache.put((account, info.id), snap.clone());
+        Ok(snap)
     }
 
     /// RFC 7162 §3.2.5.1: after SELECT (QRESYNC ...) with a matching UIDVALIDITY, report
@@ -904,9 +937,12 @@ impl Session<'_> {
         let account = self.account_id()?;
         let store = &self.server.store;
         let all = store.list_mailboxes(account).await?;
-        if !all.iter().any(|m| m.name == name) {
+        let Some(doomed) = all.iter().find(|m| m.name == name) else {
             return Err(CmdError::No("[NONEXISTENT] No such mailbox".into()));
-        }
+        };
+        // Memory only: a recreated mailbox gets a new UIDVALIDITY, which the index checks.
+        self.server.index.forget((account, doomed.id));
+        self.server.headers.forget((account, doomed.id));
         let prefix = format!("{name}/");
         if all.iter().any(|m| m.name.starts_with(&prefix)) {
             return Err(CmdError::No(
@@ -1325,7 +1361,8 @@ impl Session<'_> {
         };
         let account = self.account_id()?;
         let mut announced_expunge = false;
-        if sel.dirty {
+        let sel_dirty = sel.dirty;
+        if sel_dirty {
             let store = &self.server.store;
             let sel_id = sel.id;
             let read_only = sel.read_only;
@@ -1337,16 +1374,37 @@ impl Session<'_> {
                 .await?
                 .filter(|i| i.id == sel_id);
             let (hms, changes, gone) = match info {
-                // RFC 7162: only what changed since the last sync (new, flags, expunged).
+                // RFC 7162: only what changed since the last sync (new, flags, expunged),
+                // taken from the shared mailbox index brought up to `info` (one session
+                // reads the store's delta; the others find the index current). The index
+                // reflects every change up to `info.highest_modseq`, read after anything
+                // this session has seen, so a known message missing from it is expunged.
                 Some(info) => {
-                    let since = store::ModSeq(known_modseq);
-                    let changes = store.messages_changed_since(account, sel_id, since).await?;
-                    let gone: Vec<u32> = store
-                        .expunged_since(account, sel_id, since)
-                        .await?
-                        .into_iter()
-                        .map(|u| u.0)
+                    let snap = self.mailbox_index(&info).await?;
+                    let changes: Vec<store::MessageMeta> = snap
+                        .msgs
+                        .iter()
+                        .filter(|m| m.modseq > known_modseq)
+                        .map(|m| store::MessageMeta {
+                            uid: Uid(m.uid),
+                            message: m.message,
+                            size: m.size,
+                            internal_date: m.date,
+                            tz_offset_minutes: m.tz,
+                            flags: m.flags.clone(),
+                            modseq: store::ModSeq(m.modseq),
+                        })
                         .collect();
+                    let mut gone = Vec::new();
+                    let mut j = 0;
+                    for m in sel.msgs.iter().filter(|m| !m.expunged) {
+                        while snap.msgs.get(j).is_some_and(|s| s.uid < m.uid) {
+                            j += 1;
+                        }
+                        if snap.msgs.get(j).is_none_or(|s| s.uid != m.uid) {
+                            gone.push(m.uid);
+                        }
+                    }
                     (info.highest_modseq.0, changes, gone)
                 }
                 // Renamed or deleted under us: compare with the whole mailbox.
@@ -1376,12 +1434,13 @@ impl Session<'_> {
             sel.highest_modseq = sel.highest_modseq.max(hms);
             for uid in gone {
                 if let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) {
-                    sel.msgs[i].expunged = true;
+                    Arc::make_mut(&mut sel.msgs)[i].expunged = true;
                 }
             }
             let mut out = Vec::new();
             let mut new_keywords = false;
             let mut added = 0;
+            let mut details_lost = false;
             for f in changes {
                 let uid = f.uid.0;
                 if uid > max_known {
@@ -1390,7 +1449,9 @@ impl Session<'_> {
                             new_keywords = true;
                         }
                     }
-                    sel.msgs.push(Msg {
+                    // Taken from the index without its size and date (`Msg::new`).
+                    details_lost |= f.size == 0 && f.internal_date == 0;
+                    Arc::make_mut(&mut sel.msgs).push(Msg {
                         uid,
                         message: f.message,
                         size: f.size,
@@ -1407,10 +1468,10 @@ impl Session<'_> {
                 let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) else {
                     continue;
                 };
-                let m = &mut sel.msgs[i];
-                if m.expunged {
+                if sel.msgs[i].expunged || f.modseq.0 < sel.msgs[i].modseq {
                     continue;
                 }
+                let m = &mut Arc::make_mut(&mut sel.msgs)[i];
                 m.modseq = m.modseq.max(f.modseq.0);
                 if f.flags == m.flags {
                     continue;
@@ -1423,6 +1484,9 @@ impl Session<'_> {
                     }
                 }
                 out.push(fetch_flags_line(i + 1, m, condstore, qresync));
+            }
+            if details_lost {
+                sel.details = false;
             }
             if new_keywords {
                 let flags = flag_list(&sel.keywords);
@@ -1451,6 +1515,9 @@ impl Session<'_> {
         } else if allow_expunge {
             announced_expunge = self.announce_expunges();
         }
+        if sel_dirty {
+            self.share_selected();
+        }
         if announced_expunge
             && self.condstore
             && let Some(hms) = self.announceable_modseq()
@@ -1459,6 +1526,49 @@ impl Session<'_> {
             self.untagged(&format!("OK [HIGHESTMODSEQ {hms}] Highest"));
         }
         Ok(())
+    }
+
+    /// After a sync, shares the message list with the mailbox index again when this
+    /// session holds nothing of its own in it (no \Recent, no withheld expunge), so idle
+    /// sessions on one mailbox keep one copy: adopts the index's list when it is the same,
+    /// or offers this list when it is newer (it reflects every change up to
+    /// `highest_modseq`, like any snapshot; see `index`).
+    fn share_selected(&mut self) {
+        let cache = &self.server.index;
+        let (Some(account), Some(sel)) = (self.account.as_ref(), self.selected.as_mut()) else {
+            return;
+        };
+        let key = (account.id, sel.id);
+        // A session that loaded sizes and dates keeps them (sharing would drop them).
+        if sel.details || sel.msgs.iter().any(|m| m.recent || m.expunged) {
+            return;
+        }
+        let snap = cache.get(key, sel.uid_validity);
+        if let Some(snap) = &snap {
+            if Arc::ptr_eq(&snap.msgs, &sel.msgs) {
+                return;
+            }
+            if snap.msgs.len() == sel.msgs.len()
+                && snap
+                    .msgs
+                    .iter()
+                    .zip(sel.msgs.iter())
+                    .all(|(a, b)| a.same_state(b))
+            {
+                sel.msgs = snap.msgs.clone();
+                return;
+            }
+        }
+        if snap.is_none_or(|s| s.modseq < sel.highest_modseq) {
+            cache.put(
+                key,
+                Arc::new(index::MailboxIndex {
+                    uid_validity: sel.uid_validity,
+                    modseq: sel.highest_modseq,
+                    msgs: sel.msgs.clone(),
+                }),
+            );
+        }
     }
 
     /// Sends EXPUNGE for messages known to be gone, highest number first so every number
@@ -1480,7 +1590,7 @@ impl Session<'_> {
                 lines.push(format!("{} EXPUNGE", i + 1));
             }
         }
-        sel.msgs.retain(|m| !m.expunged);
+        Arc::make_mut(&mut sel.msgs).retain(|m| !m.expunged);
         if qresync {
             uids.reverse();
             self.untagged(&format!("VANISHED {}", compact(&uids)));
@@ -1510,7 +1620,7 @@ impl Session<'_> {
             return Ok(());
         };
         let mut it = metas.into_iter().peekable();
-        for m in &mut sel.msgs {
+        for m in Arc::make_mut(&mut sel.msgs).iter_mut() {
             while it.peek().is_some_and(|f| f.uid.0 < m.uid) {
                 it.next();
             }
@@ -1606,7 +1716,7 @@ impl Session<'_> {
             .await?;
         if let Some(sel) = self.selected.as_mut() {
             let gone: BTreeSet<u32> = gone.iter().map(|u| u.0).collect();
-            for m in &mut sel.msgs {
+            for m in Arc::make_mut(&mut sel.msgs).iter_mut() {
                 if gone.contains(&m.uid) {
                     m.expunged = true;
                 }
@@ -1705,7 +1815,7 @@ impl Session<'_> {
             updates.iter().map(|u| (u.uid.0, u)).collect();
         let mut modified_ids = Vec::new();
         for &i in &idx {
-            let m = &mut sel.msgs[i];
+            let m = &mut Arc::make_mut(&mut sel.msgs)[i];
             if modified.contains(&m.uid) {
                 modified_ids.push(if uid {
                     m.uid
@@ -1807,7 +1917,7 @@ impl Session<'_> {
             self.untagged(&format!("OK [{code}] Moved"));
             let moved: BTreeSet<u32> = src_uids.iter().copied().collect();
             if let Some(sel) = self.selected.as_mut() {
-                for m in &mut sel.msgs {
+                for m in Arc::make_mut(&mut sel.msgs).iter_mut() {
                     if moved.contains(&m.uid) {
                         m.expunged = true;
                     }
@@ -1849,52 +1959,97 @@ impl Session<'_> {
             .map(|(i, m)| (i, m.clone()))
             .collect();
         let headers_only = needs && !search::needs_body(key);
-        let sel_id = sel.id;
+        let (sel_id, uid_validity) = (sel.id, sel.uid_validity);
         let mut hits: Vec<u32> = Vec::new();
         let mut hit_modseq = 0u64;
-        // Header keys only: header blocks, a chunk of UIDs per query, no bodies.
-        let mut heads: std::collections::VecDeque<(Uid, Vec<u8>)> = Default::default();
+        // Header keys only: header blocks from the shared cache, else a chunk of UIDs per
+        // query (no bodies), remembered for the next SEARCH.
+        let cached = if headers_only {
+            self.server.headers.get_many(
+                (account, sel_id),
+                uid_validity,
+                candidates.iter().map(|(_, m)| m.uid),
+            )
+        } else {
+            Vec::new()
+        };
+        let mut heads: std::collections::VecDeque<(Uid, Arc<[u8]>)> = Default::default();
+        let mut bodies: std::collections::VecDeque<(Uid, Vec<u8>)> = Default::default();
         for (k, (i, m)) in candidates.iter().enumerate() {
-            let raw = if headers_only {
-                if heads.front().is_none_or(|(u, _)| u.0 < m.uid) {
-                    heads.clear();
+            let raw: Option<std::borrow::Cow<'_, [u8]>> = if headers_only {
+                if let Some(Some(head)) = cached.get(k) {
+                    Some(std::borrow::Cow::Borrowed(&head[..]))
+                } else {
+                    if heads.front().is_none_or(|(u, _)| u.0 < m.uid) {
+                        heads.clear();
+                        let last = candidates[(k + SEARCH_CHUNK - 1).min(candidates.len() - 1)]
+                            .1
+                            .uid;
+                        heads = self
+                            .server
+                            .store
+                            .message_headers(account, sel_id, Uid(m.uid), Uid(last), HEADER_MAX)
+                            .await?
+                            .into_iter()
+                            .map(|(u, h)| (u, Arc::from(h)))
+                            .collect();
+                        // Only complete header blocks (a cut one falls back to the message).
+                        self.server.headers.put_many(
+                            (account, sel_id),
+                            uid_validity,
+                            heads
+                                .iter()
+                                .filter(|(_, h)| mime::header_end(h).is_some())
+                                .map(|(u, h)| (u.0, h.clone())),
+                        );
+                    }
+                    while heads.front().is_some_and(|(u, _)| u.0 < m.uid) {
+                        heads.pop_front();
+                    }
+                    match heads.pop_front() {
+                        Some((u, head)) if u.0 == m.uid => {
+                            if whole_header(&head, m.size) {
+                                Some(std::borrow::Cow::Owned(head.to_vec()))
+                            } else {
+                                match self.server.store.read_message(account, m.message).await {
+                                    Ok(r) => Some(std::borrow::Cow::Owned(r)),
+                                    Err(StoreError::NotFound(_)) => continue,
+                                    Err(e) => return Err(e.into()),
+                                }
+                            }
+                        }
+                        // Gone from the store already.
+                        Some(other) => {
+                            heads.push_front(other);
+                            continue;
+                        }
+                        None => continue,
+                    }
+                }
+            } else if needs {
+                // Whole messages, a chunk of UIDs (bounded in bytes) per store call.
+                if bodies.front().is_none_or(|(u, _)| u.0 < m.uid) {
                     let last = candidates[(k + SEARCH_CHUNK - 1).min(candidates.len() - 1)]
                         .1
                         .uid;
-                    heads = self
+                    bodies = self
                         .server
                         .store
-                        .message_headers(account, sel_id, Uid(m.uid), Uid(last), HEADER_MAX)
+                        .message_bodies(account, sel_id, Uid(m.uid), Uid(last), BODY_CHUNK_BYTES)
                         .await?
                         .into();
                 }
-                while heads.front().is_some_and(|(u, _)| u.0 < m.uid) {
-                    heads.pop_front();
+                while bodies.front().is_some_and(|(u, _)| u.0 < m.uid) {
+                    bodies.pop_front();
                 }
-                match heads.pop_front() {
-                    Some((u, head)) if u.0 == m.uid => {
-                        if whole_header(&head, m.size) {
-                            Some(head)
-                        } else {
-                            match self.server.store.read_message(account, m.message).await {
-                                Ok(r) => Some(r),
-                                Err(StoreError::NotFound(_)) => continue,
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                    }
+                match bodies.pop_front() {
+                    Some((u, body)) if u.0 == m.uid => Some(std::borrow::Cow::Owned(body)),
                     // Gone from the store already.
                     Some(other) => {
-                        heads.push_front(other);
+                        bodies.push_front(other);
                         continue;
                     }
                     None => continue,
-                }
-            } else if needs {
-                match self.server.store.read_message(account, m.message).await {
-                    Ok(r) => Some(r),
-                    Err(StoreError::NotFound(_)) => continue,
-                    Err(e) => return Err(e.into()),
                 }
             } else {
                 None
@@ -2073,7 +2228,10 @@ impl Session<'_> {
                     .await?;
                 if let Some(sel) = self.selected.as_mut() {
                     for u in updates {
-                        if let Some(m) = sel.msgs.iter_mut().find(|m| m.uid == u.uid.0) {
+                        if let Some(m) = Arc::make_mut(&mut sel.msgs)
+                            .iter_mut()
+                            .find(|m| m.uid == u.uid.0)
+                        {
                             m.flags = u.flags;
                             m.modseq = u.modseq.0;
                             seen_changed.insert(m.uid);

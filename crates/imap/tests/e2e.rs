@@ -215,6 +215,7 @@ async fn imap_oracle_check_py_against_the_server() {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    eprintln!("imap-oracle: {summary}");
     assert!(passed >= 1586, "oracle regressed: {summary}\n{out}");
 }
 
@@ -535,4 +536,93 @@ async fn append_into_selected_mailbox_announces_exists_before_ok_and_idle_sees_d
     a.send(b"DONE\r\nn NOOP\r\n").await;
     a.until("i").await;
     assert!(a.until("n").await.last().unwrap().starts_with("n OK"));
+}
+
+/// The shared mailbox index (SELECT from memory) must never show a session anything staler
+/// than the store: flag changes, expunges and appends by one session reach a session that
+/// selected from the index (as unsolicited responses), and a later SELECT in a third session.
+#[tokio::test]
+async fn shared_mailbox_index_never_serves_stale_state() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    for (i, tag) in ["p1", "p2", "p3"].iter().enumerate() {
+        a.send(format!("{tag} APPEND INBOX {{20+}}\r\nSubject: {i}\r\n\r\nhello!\r\n").as_bytes())
+            .await;
+        assert!(a.until(tag).await.last().unwrap().contains("APPENDUID"));
+    }
+    a.send(b"s SELECT INBOX\r\n").await;
+    assert!(a.until("s").await.iter().any(|l| l == "* 3 EXISTS\r\n"));
+    // B selects from the index A's SELECT left behind.
+    let mut b = logged_in_plain(&s).await;
+    b.send(b"s SELECT INBOX\r\n").await;
+    let lines = b.until("s").await;
+    assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "* 0 RECENT\r\n"), "{lines:?}");
+    // A changes a flag, expunges message 2 and appends a fourth message.
+    a.send(b"f STORE 1 +FLAGS.SILENT (\\Flagged)\r\n").await;
+    a.until("f").await;
+    a.send(b"d STORE 2 +FLAGS.SILENT (\\Deleted)\r\n").await;
+    a.until("d").await;
+    a.send(b"x EXPUNGE\r\n").await;
+    a.until("x").await;
+    a.send(b"p4 APPEND INBOX {20+}\r\nSubject: 4\r\n\r\nhello!\r\n")
+        .await;
+    a.until("p4").await;
+    // B hears all of it.
+    b.send(b"n NOOP\r\n").await;
+    let lines = b.until("n").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("* 1 FETCH") && l.contains("\\Flagged")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "* 2 EXPUNGE\r\n"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
+    b.send(b"u UID FETCH 1:* (FLAGS)\r\n").await;
+    let lines = b.until("u").await;
+    let uids: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("* ") && l.contains("FETCH"))
+        .collect();
+    assert_eq!(uids.len(), 3, "{lines:?}");
+    assert!(
+        uids[0].contains("UID 1 ") && uids[0].contains("\\Flagged"),
+        "{lines:?}"
+    );
+    assert!(
+        uids[1].contains("UID 3 ") && uids[2].contains("UID 4 "),
+        "{lines:?}"
+    );
+    // A third session SELECTs: the index is current.
+    let mut c = logged_in_plain(&s).await;
+    c.send(b"s SELECT INBOX\r\n").await;
+    let lines = c.until("s").await;
+    assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
+    c.send(b"u UID FETCH 1:* (FLAGS)\r\n").await;
+    let lines = c.until("u").await;
+    let got: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("* ") && l.contains("FETCH"))
+        .collect();
+    assert_eq!(got.len(), 3, "{lines:?}");
+    assert!(
+        got[0].contains("UID 1 ") && got[0].contains("\\Flagged"),
+        "{lines:?}"
+    );
+    assert!(
+        got[1].contains("UID 3 ") && got[2].contains("UID 4 "),
+        "{lines:?}"
+    );
+    // And a flag change by C reaches B, whose list is shared with the index.
+    c.send(b"f UID STORE 3 +FLAGS.SILENT (\\Seen)\r\n").await;
+    c.until("f").await;
+    b.send(b"n NOOP\r\n").await;
+    let lines = b.until("n").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("* 2 FETCH") && l.contains("\\Seen")),
+        "{lines:?}"
+    );
 }

@@ -25,6 +25,7 @@
 //!   group commit as a delivery; garbage collection keeps blobs the queue refers to.
 
 mod acme;
+mod auth_cache;
 mod blob;
 mod dkim;
 mod error;
@@ -411,6 +412,38 @@ pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
             }
             match self.read_message_header(account, m.message, max).await {
                 Ok(h) => out.push((m.uid, h)),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+    /// Whole messages of a mailbox with a UID in `first..=last`, in UID order, stopping
+    /// before the message that would take the total past `max_bytes` (at least one message
+    /// is returned when the range holds any): SEARCH BODY/TEXT without a round trip per
+    /// message.
+    async fn message_bodies(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        first: Uid,
+        last: Uid,
+        max_bytes: u64,
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        for m in self.messages(account, mailbox).await? {
+            if m.uid < first || m.uid > last {
+                continue;
+            }
+            if !out.is_empty() && total.saturating_add(m.size) > max_bytes {
+                break;
+            }
+            match self.read_message(account, m.message).await {
+                Ok(body) => {
+                    total = total.saturating_add(m.size);
+                    out.push((m.uid, body));
+                }
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }

@@ -52,6 +52,7 @@ const MAX_MAILBOXES: i64 = 10_000;
 mod acme_ops;
 mod dkim_ops;
 mod queue_ops;
+mod read_ops;
 mod reader;
 mod writer;
 
@@ -649,6 +650,23 @@ impl Store for SqliteStore {
             ),
             None => (None, dummy_hash().to_string()),
         };
+        // A recent success with this very password and stored hash: skip Argon2id
+        // (`auth_cache`). Failures are never remembered and always pay the full cost.
+        let cache = &crate::auth_cache::AUTH_CACHE;
+        let _one_at_a_time = match &account {
+            Some(a) => {
+                if cache.verified(a.id.0, &hash, password) {
+                    return Ok(account);
+                }
+                let guard = cache.serialise(a.id.0).await;
+                // Another login may have verified this password while we waited.
+                if cache.verified(a.id.0, &hash, password) {
+                    return Ok(account);
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let password = password.to_string();
         // Argon2id needs ~19 MiB per verification; a burst of logins must not turn into a
         // burst of memory (the allocator keeps what it once grew to), so verifications run
@@ -657,9 +675,14 @@ impl Store for SqliteStore {
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let ok = tokio::task::spawn_blocking(move || password::verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let (ok, password, hash) = tokio::task::spawn_blocking(move || {
+            (password::verify_password(&password, &hash), password, hash)
+        })
+        .await
+        .unwrap_or_default();
+        if ok && let Some(a) = &account {
+            cache.remember(a.id.0, &hash, &password);
+        }
         Ok(if ok { account } else { None })
     }
 
@@ -1075,6 +1098,18 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    async fn message_bodies(
+        &self,
+        account: AccountId,
+        mailbox: MailboxId,
+        first: Uid,
+        last: Uid,
+        max_bytes: u64,
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        self.read_message_bodies(account, mailbox, first, last, max_bytes)
+            .await
     }
 
     async fn store_flags(

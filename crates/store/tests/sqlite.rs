@@ -886,3 +886,70 @@ async fn header_reads_and_lean_listing_match_the_full_reads() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn message_bodies_read_a_range_inline_and_from_files_within_a_byte_budget() {
+    let (_dir, store) = open().await;
+    let account = with_user(&*store, "bodies@example.org", &hash()).await;
+    let inbox = store
+        .mailbox(account, "INBOX")
+        .await
+        .expect("query")
+        .expect("inbox")
+        .id;
+    let big_body = "y".repeat(store::INLINE_BODY_MAX + 10);
+    let bodies = [
+        "Subject: one\r\n\r\nfirst\r\n".to_string(),
+        format!("Subject: file\r\n\r\n{big_body}\r\n"),
+        "Subject: three\r\n\r\nthird\r\n".to_string(),
+        "Subject: four\r\n\r\nfourth\r\n".to_string(),
+    ];
+    for b in &bodies {
+        store
+            .append(account, inbox, NewMessage::now(b.clone().into_bytes()))
+            .await
+            .expect("append");
+    }
+    let metas = store.messages(account, inbox).await.expect("messages");
+    // Expunge the third message: a gap in the range.
+    store
+        .store_flags(
+            account,
+            inbox,
+            &[metas[2].uid],
+            store::FlagOp::Add,
+            &store::Flags::from_names(["\\Deleted"]).expect("flags"),
+        )
+        .await
+        .expect("flag");
+    store
+        .expunge(account, inbox, None, false)
+        .await
+        .expect("expunge");
+    let all = store
+        .message_bodies(account, inbox, Uid(1), Uid(u32::MAX), u64::MAX)
+        .await
+        .expect("bodies");
+    let got: Vec<(Uid, Vec<u8>)> = all;
+    let want: Vec<(Uid, Vec<u8>)> = [0, 1, 3]
+        .iter()
+        .map(|&i| (metas[i].uid, bodies[i].clone().into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+    // A budget smaller than the first message still returns it; then stops before the file.
+    let first = store
+        .message_bodies(account, inbox, Uid(1), Uid(u32::MAX), 1)
+        .await
+        .expect("bodies");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, metas[0].uid);
+    // Another account sees nothing.
+    let other = with_user(&*store, "other2@example.org", &hash()).await;
+    assert!(
+        store
+            .message_bodies(other, inbox, Uid(1), Uid(u32::MAX), u64::MAX)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+}
