@@ -7,22 +7,19 @@ use smtp::outbound::client::{Capabilities, Parsed, parse_reply};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data;
-    loop {
-        match parse_reply(buf) {
-            Parsed::Reply(reply, used) => {
-                // A reply takes at least one line ("xyz\n") and never more than the buffer.
-                assert!(
-                    (4..=buf.len()).contains(&used),
-                    "used {used} of {}",
-                    buf.len()
-                );
-                assert!(reply.code <= 999);
-                assert!(!reply.lines.is_empty());
-                let _ = Capabilities::from_ehlo(&reply);
-                let _ = reply.to_string();
-                buf = &buf[used..];
-            }
-            Parsed::Incomplete | Parsed::Invalid(_) => break,
-        }
+    // The client reads reply after reply from one buffer (pipelining); it stops at an
+    // incomplete or invalid one.
+    while let Parsed::Reply(reply, used) = parse_reply(buf) {
+        // A reply takes at least one line ("xyz\n") and never more than the buffer.
+        assert!(
+            (4..=buf.len()).contains(&used),
+            "used {used} of {}",
+            buf.len()
+        );
+        assert!(reply.code <= 999);
+        assert!(!reply.lines.is_empty());
+        let _ = Capabilities::from_ehlo(&reply);
+        let _ = reply.to_string();
+        buf = &buf[used..];
     }
 });
