@@ -54,6 +54,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use mailbox_name::{decode_mutf7, encode_mutf7};
+/// Parser entry points reachable for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub use {mailbox_name::parse_name, seqset::SeqSet};
 
 /// IMAP settings, with safe defaults.
 #[derive(Debug, Clone)]

@@ -1171,6 +1171,9 @@ fn tokenize(v: &[u8]) -> Vec<Tok> {
                 toks.push(Tok::Special(b));
                 i += 1;
             }
+            // A `)` without its `(`: skipped. (The word arm below stops at it without
+            // advancing: found by the `imap_mime` fuzz target as an endless loop filling memory.)
+            b')' => i += 1,
             _ => {
                 let start = i;
                 while i < v.len() && !b" \t\r\n()\"[<>,:;@".contains(&v[i]) {
@@ -1675,6 +1678,16 @@ mod tests {
         let mut out = Vec::new();
         push_envelope(&mut out, h.as_bytes());
         String::from_utf8(out).expect("utf8")
+    }
+
+    /// Found by the `imap_mime` fuzz target: a `)` with no `(` in an address header made the
+    /// tokenizer push empty words forever (FETCH ENVELOPE of such a message exhausted memory).
+    #[test]
+    fn stray_close_paren_in_address_header_terminates() {
+        let out = env("From: a) b <c@d.e>\r\n\r\n");
+        assert!(out.contains("\"c\" \"d.e\""), "{out}");
+        assert_eq!(parse_addresses(b")").len(), 0);
+        let _ = parse_addresses(b"x@y)), (z) <w@v>)");
     }
 
     #[test]

@@ -791,12 +791,19 @@ pub fn parse_date_time(s: &[u8]) -> Option<(i64, i32)> {
     if t.next().is_some() || h > 23 || mi > 59 || se > 60 || time.len() != 8 {
         return None;
     }
+    // RFC 3501 `zone = ("+" / "-") 4DIGIT`, hhmm: minutes above 59 would format back as a
+    // five-digit zone (found by the `imap_command` fuzz target), and a non-ASCII byte would
+    // make the slices below split a character.
     let zb = zone.as_bytes();
-    if zb.len() != 5 || !(zb[0] == b'+' || zb[0] == b'-') {
+    if zb.len() != 5 || !(zb[0] == b'+' || zb[0] == b'-') || !zb[1..].iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
     let zh: i32 = zone[1..3].parse().ok()?;
     let zm: i32 = zone[3..5].parse().ok()?;
+    if zm > 59 {
+        return None;
+    }
     let mut off = zh * 60 + zm;
     if zb[0] == b'-' {
         off = -off;
@@ -1821,6 +1828,24 @@ mod tests {
         let (t, off) = parse_date_time(b" 5-Mar-2024 13:04:05 -0130").expect("valid");
         assert_eq!(format_date_time(t, off), "05-Mar-2024 13:04:05 -0130");
         assert!(parse_date_time(b"32-Jan-2026 00:00:00 +0000").is_none());
+    }
+
+    /// Found by the `imap_command` fuzz target: zone minutes of 60..99 were accepted, and the
+    /// offset then formatted as a five-digit zone, outside the date-time grammar.
+    #[test]
+    fn date_time_zone_minutes_above_59_are_refused() {
+        assert!(parse_date_time(b"17-Jul-1996 02:44:25 -9971").is_none());
+        assert!(parse_date_time(b"17-Jul-1996 02:44:25 +0060").is_none());
+        let (t, off) = parse_date_time(b"17-Jul-1996 02:44:25 -9959").expect("valid");
+        assert_eq!(format_date_time(t, off), "17-Jul-1996 02:44:25 -9959");
+    }
+
+    /// Seen while fixing the above: a zone with a non-ASCII character (five bytes) made
+    /// `&zone[1..3]` split the character and panic the session.
+    #[test]
+    fn date_time_zone_with_non_ascii_does_not_panic() {
+        assert!(parse_date_time("17-Jul-1996 02:44:25 +1\u{e9}2".as_bytes()).is_none());
+        assert!(parse_date_time(b"17-Jul-1996 02:44:25 -+1+1").is_none());
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ProtoError, Request};
 
 use crate::reply::{self, Reply};
@@ -177,16 +176,34 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
-/// RFC 5321 §4.1.1.4 / §4.5.2 DATA decoder over smtp-proto's receiver: removes dot-stuffing,
-/// ends only at `CRLF . CRLF` (never at `LF . LF`, `LF . CRLF` or `CR . CRLF`: SMTP
+/// RFC 5321 §4.1.1.4 / §4.5.2 DATA decoder: removes dot-stuffing, ends only at
+/// `CRLF . CRLF` (never at `LF . LF`, `LF . CRLF`, `CR . CRLF` or `CRLF . CR CR LF`: SMTP
 /// smuggling), and keeps at most `limit` bytes while still finding the end of an oversized
-/// message.
+/// message. Its own state machine, not smtp-proto's receiver, which ends the data at
+/// `CRLF . CR+ LF` (found by the `smtp_data` fuzz target).
 pub struct DataDecoder {
-    receiver: DataReceiver,
-    /// Replaces `receiver` once the message is too big: finds the end, keeps nothing.
-    discard: Option<DummyDataReceiver>,
+    /// Where in a line the last byte left us.
+    state: DataState,
+    /// The message so far; emptied once it is too big.
     body: Vec<u8>,
+    /// Set once the message went over `limit`: its bytes are dropped, its end still found.
+    too_big: bool,
     limit: usize,
+}
+
+/// Position of a [`DataDecoder`] in the line structure of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataState {
+    /// At the start of a line (after CRLF, or after the DATA command's own CRLF).
+    LineStart,
+    /// After a line-initial `.`, which is not part of the message (RFC 5321 §4.5.2).
+    Dot,
+    /// After a line-initial `.` and a CR, held back: an LF now ends the data.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// Inside a line, right after a CR.
+    TextCr,
 }
 
 /// What [`DataDecoder::finish`] returns.
@@ -201,15 +218,12 @@ pub enum DataOutcome {
 impl DataDecoder {
     /// A decoder keeping at most `limit` message bytes.
     pub fn new(limit: usize) -> DataDecoder {
-        let mut receiver = DataReceiver::new();
-        // The DATA command's own CRLF precedes the first line: prime the receiver with it so
-        // that a first line of "." ends an empty message and ".." is unstuffed.
-        let mut scratch = Vec::new();
-        receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
         DataDecoder {
-            receiver,
-            discard: None,
+            // The DATA command's own CRLF precedes the first line, so a first line of "."
+            // ends an empty message and ".." is unstuffed.
+            state: DataState::LineStart,
             body: Vec::new(),
+            too_big: false,
             limit,
         }
     }
@@ -217,25 +231,73 @@ impl DataDecoder {
     /// Feeds bytes; returns how many were consumed and whether the end was found. Bytes after
     /// the end are not consumed (they are the next pipelined command).
     pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
-        let mut it = input.iter();
-        let done = match &mut self.discard {
-            Some(d) => d.ingest(&mut it),
-            None => self.receiver.ingest(&mut it, &mut self.body),
-        };
-        let used = input.len() - it.as_slice().len();
-        if self.discard.is_none() && self.body.len() > self.limit {
-            self.discard = Some(DummyDataReceiver::new_data(&self.receiver));
-            self.body = Vec::new();
+        let mut done = None;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (DataState::LineStart, b'.') => DataState::Dot,
+                (DataState::Dot, b'\r') => DataState::DotCr,
+                (DataState::DotCr, b'\n') => {
+                    done = Some(i);
+                    break;
+                }
+                (DataState::DotCr, _) => {
+                    // The held CR was text after all; `b` follows a CR.
+                    self.body.push(b'\r');
+                    self.body.push(b);
+                    after_cr(b)
+                }
+                (DataState::TextCr, _) => {
+                    self.body.push(b);
+                    after_cr(b)
+                }
+                (_, b'\r') => {
+                    self.body.push(b);
+                    DataState::TextCr
+                }
+                (_, _) => {
+                    // Inside a line: copy up to the next CR in one go.
+                    let run = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r')
+                        .unwrap_or(input.len() - i);
+                    self.body.push(b);
+                    self.body.extend_from_slice(&input[i..i + run]);
+                    i += run;
+                    DataState::Text
+                }
+            };
+            if self.too_big {
+                self.body.clear();
+            } else if self.body.len() > self.limit {
+                self.too_big = true;
+                self.body = Vec::new();
+            }
         }
-        (used, done)
+        match done {
+            Some(used) => (used, true),
+            None => (input.len(), false),
+        }
     }
 
     /// The decoded message.
     pub fn finish(self) -> DataOutcome {
-        match self.discard {
-            Some(_) => DataOutcome::TooBig,
-            None => DataOutcome::Message(self.body),
+        if self.too_big {
+            DataOutcome::TooBig
+        } else {
+            DataOutcome::Message(self.body)
         }
+    }
+}
+
+/// The state after byte `b` that followed a CR inside a line: CRLF starts a new line.
+fn after_cr(b: u8) -> DataState {
+    match b {
+        b'\n' => DataState::LineStart,
+        b'\r' => DataState::TextCr,
+        _ => DataState::Text,
     }
 }
 
@@ -292,6 +354,44 @@ mod tests {
             let (out, used) = decode_all(&input);
             assert_eq!(out, None, "{smuggle:?} ended DATA");
             assert_eq!(used, input.len());
+        }
+    }
+
+    /// Found by the `smtp_data` fuzz target: smtp-proto's receiver ended the data at
+    /// `CRLF . CR CR LF` (any number of CRs), so what a relaying MTA sends as message text
+    /// after it would have been read as commands.
+    #[test]
+    fn smuggling_crlf_dot_cr_cr_lf_does_not_end_data() {
+        for smuggle in [&b"\r\n.\r\r\n"[..], b"\r\n.\r\r\r\n"] {
+            let mut input = b"a".to_vec();
+            input.extend_from_slice(smuggle);
+            input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\n");
+            let (out, used) = decode_all(&input);
+            assert_eq!(out, None, "{smuggle:?} ended DATA");
+            assert_eq!(used, input.len());
+            input.extend_from_slice(b".\r\n");
+            let mut message = input[..input.len() - 3].to_vec();
+            message.remove(3); // the stuffing dot
+            assert_eq!(decode_all(&input).0, Some(DataOutcome::Message(message)));
+        }
+    }
+
+    /// Seen while fixing the above (the `smtp_data` target now checks it): a message of exactly
+    /// the limit was refused as too big when a read ended between `CRLF . CR` and `LF`
+    /// (smtp-proto had already stored the CR it later removes).
+    #[test]
+    fn message_of_exactly_the_limit_is_kept_however_split() {
+        let input = b"0123456789\r\n.\r\n";
+        for at in 0..=input.len() {
+            let mut d = DataDecoder::new(12);
+            let (a, done) = d.feed(&input[..at]);
+            let done = done || d.feed(&input[a..]).1;
+            assert!(done, "split at {at}");
+            assert_eq!(
+                d.finish(),
+                DataOutcome::Message(b"0123456789\r\n".to_vec()),
+                "split at {at}"
+            );
         }
     }
 

@@ -59,6 +59,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 pub use cms_sign::SignError;
 pub use mta_sts::{MtaStsMode, policy as mta_sts_policy, policy_id as mta_sts_policy_id};
 
+/// The Autodiscover POX request parser, for the fuzz target (`fuzz/`); not part of the API.
+/// Returns the requested address, `Ok(None)` for an ActiveSync request, or the error text.
+#[doc(hidden)]
+pub fn fuzz_autodiscover_request(body: &[u8]) -> Result<Option<String>, String> {
+    match autodiscover::parse_request(body) {
+        Ok(autodiscover::Request::Outlook { email }) => Ok(Some(email)),
+        Ok(autodiscover::Request::MobileSync) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The ports clients are told to use, as published in autoconfig, Autodiscover, profiles and
 /// the setup page. Production uses the standard numbers ([`Default`]); the demo adds 10000.
 /// A port of 0 means "not offered" and is left out of every document.
