@@ -5,38 +5,20 @@
 //! Debian package: pebble (with pebble-challtestsrv).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../../acme/tests/support/pebble.rs"]
 mod pebble;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Guard, SERVICES};
 use pebble::{ChallTestSrv, ELSEWHERE, Pebble, free_port, handshake};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
-const SERVICES: [&str; 9] = [
-    "smtp",
-    "submission",
-    "submissions",
-    "imap",
-    "imaps",
-    "pop3",
-    "pop3s",
-    "http",
-    "https",
-];
-
-/// Kills the server when dropped, so a failing test leaves nothing behind.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn tessera(config: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)

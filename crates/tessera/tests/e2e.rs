@@ -2,24 +2,17 @@
 //! a DNS server on loopback for the sender checks, and Python's smtplib, imaplib and
 //! poplib as the clients (tests/py/e2e_clients.py).
 
+mod common;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Guard, SERVICES};
+
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
-const SERVICES: [&str; 9] = [
-    "smtp",
-    "submission",
-    "submissions",
-    "imap",
-    "imaps",
-    "pop3",
-    "pop3s",
-    "http",
-    "https",
-];
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -32,15 +25,6 @@ fn py(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(name)
-}
-
-/// Kills the child when dropped, so a failing test leaves no server behind.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn tessera(config: &Path, args: &[&str], stdin: &str) {

@@ -5,10 +5,14 @@
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::nsd::zone_header;
+
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::Guard;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -34,16 +38,6 @@ pub fn free_port_on(ips: &[Ipv4Addr]) -> u16 {
         }
     }
     panic!("no port free on all of {ips:?}");
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 pub fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
