@@ -22,6 +22,8 @@ const CERT_REFRESH: Duration = Duration::from_secs(30);
 const DEMO_DOMAIN: &str = "example.test";
 const DEMO_USER: &str = "demo@example.test";
 const DEMO_HOST: &str = "mail.example.test";
+/// What the demo's host certificate covers besides [`DEMO_HOST`]: where its listeners are.
+const DEMO_LOCAL_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 /// Starts logging to standard error with `filter` unless `RUST_LOG` says otherwise.
 pub fn init_tracing(filter: &str) {
@@ -47,7 +49,13 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let certs = open_certificates(&config)?;
-    refresh_local_certificates(&certs, &config.hostname, &*store).await?;
+    // The demo's clients connect to 127.0.0.1: its host certificate covers that address and
+    // `localhost` too, so they verify without an /etc/hosts entry.
+    let local_names: Arc<[String]> = match banner {
+        Some(_) => DEMO_LOCAL_NAMES.iter().map(|n| n.to_string()).collect(),
+        None => Arc::from([]),
+    };
+    refresh_local_certificates(&certs, &config.hostname, &local_names, &*store).await?;
 
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers();
@@ -94,6 +102,7 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         let certs = certs.clone();
         let store = store.clone();
         let hostname = config.hostname.clone();
+        let local_names = local_names.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(CERT_REFRESH);
@@ -101,7 +110,7 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = refresh_local_certificates(&certs, &hostname, &*store).await {
+                        if let Err(e) = refresh_local_certificates(&certs, &hostname, &local_names, &*store).await {
                             tracing::warn!(error = %e, "cannot refresh certificates");
                         }
                     }
@@ -447,14 +456,18 @@ fn spawn_acme(
     }))
 }
 
-/// In local-CA mode, makes sure every served name has a certificate (new domains get one).
-/// Names an ACME certificate serves keep it.
+/// In local-CA mode, makes sure every served name has a certificate (new domains get one),
+/// the mail host's also covering `extra_host_names`. Names an ACME certificate serves keep it.
 async fn refresh_local_certificates(
     certs: &Arc<CertStore>,
     hostname: &str,
+    extra_host_names: &[String],
     store: &dyn Store,
 ) -> Result<()> {
-    let groups = certificate_groups(hostname, store).await?;
+    let mut groups = certificate_groups(hostname, store).await?;
+    if let Some(host_group) = groups.first_mut() {
+        host_group.extend(extra_host_names.iter().cloned());
+    }
     let certs = certs.clone();
     tokio::task::spawn_blocking(move || certs.ensure_local_names(&groups))
         .await
@@ -571,7 +584,10 @@ fn print_banner(b: &DemoBanner, bound: &[(Service, SocketAddr)], certs: &CertSto
         println!("  {what:<22} {addr:<18} {security}");
     }
     println!();
-    println!("  mail host  {DEMO_HOST} (certificates are issued for it and for {DEMO_DOMAIN})");
+    println!(
+        "  mail host  {DEMO_HOST} (certificates are issued for it, for {DEMO_DOMAIN}, and for \
+         localhost and 127.0.0.1)"
+    );
     println!("  login      {}", b.user);
     println!("  password   {}", b.password);
     if let Some((_, addr)) = bound.iter().find(|(s, _)| *s == Service::Https) {

@@ -362,6 +362,29 @@ fn demo_runs_prints_endpoints_and_is_managed_while_running() {
         .find_map(|l| l.trim().strip_prefix("password"))
         .map(|p| p.trim().to_string())
         .expect("password line");
+    // A client connecting to 127.0.0.1 (or localhost) verifies the demo's certificate with the
+    // demo CA alone, no /etc/hosts entry: Python's ssl with its default hostname checks.
+    for name in ["127.0.0.1", "localhost"] {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import socket, ssl, sys\n\
+                 ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+                 with socket.create_connection(('127.0.0.1', 10993), timeout=10) as raw:\n\
+                 \x20   with ctx.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:\n\
+                 \x20       print(tls.recv(200).decode())\n",
+            ])
+            .arg(&ca)
+            .arg(name)
+            .output()
+            .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.starts_with("* OK"),
+            "TLS to 127.0.0.1 as {name}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Management works against the running demo.
     let config = dir.join("tessera.toml");
