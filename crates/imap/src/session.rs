@@ -2241,7 +2241,10 @@ impl Session<'_> {
             }
         }
         let mut failed = false;
-        for i in idx {
+        // Header blocks read ahead for ENVELOPE / RFC822.HEADER of many messages: one store
+        // read per chunk of the set instead of one per message.
+        let mut headers = HeaderPrefetch::default();
+        for (pos, &i) in idx.iter().enumerate() {
             let Some(m) = self.selected.as_ref().map(|s| s.msgs[i].clone()) else {
                 break;
             };
@@ -2251,12 +2254,34 @@ impl Session<'_> {
             }
             let parsed = if header_only {
                 // ENVELOPE / RFC822.HEADER: the header block is all that is read.
-                let head = match self
-                    .server
-                    .store
-                    .read_message_header(account, m.message, HEADER_MAX)
-                    .await
-                {
+                if idx.len() > 1 && pos >= headers.next_refill {
+                    let uids = self.selected.as_ref().map(|s| {
+                        idx[pos..]
+                            .iter()
+                            .take(PREFETCH_CHUNK)
+                            .map(|&j| s.msgs[j].uid)
+                            .collect::<Vec<u32>>()
+                    });
+                    headers
+                        .refill(
+                            &*self.server.store,
+                            account,
+                            sel_id,
+                            pos,
+                            &uids.unwrap_or_default(),
+                        )
+                        .await?;
+                }
+                let head = match headers.take(m.uid) {
+                    Some(h) => Ok(h),
+                    None => {
+                        self.server
+                            .store
+                            .read_message_header(account, m.message, HEADER_MAX)
+                            .await
+                    }
+                };
+                let head = match head {
                     Ok(h) if whole_header(&h, m.size) => Ok(h),
                     Ok(_) => self.server.store.read_message(account, m.message).await,
                     Err(e) => Err(e),
@@ -2409,6 +2434,55 @@ impl Session<'_> {
 const SEARCH_CHUNK: usize = 512;
 /// How much of a message is read for its header block before falling back to all of it.
 const HEADER_MAX: usize = 16 * 1024;
+
+/// Messages whose header blocks one [`HeaderPrefetch::refill`] reads.
+const PREFETCH_CHUNK: usize = 128;
+
+/// Header blocks of the next messages of a FETCH, read with one
+/// [`store::Store::message_headers`] call per chunk of the set. A chunk whose UID range is
+/// sparse (it would read many messages the client did not ask for) is not read ahead; those
+/// messages are read one by one.
+#[derive(Default)]
+struct HeaderPrefetch {
+    heads: std::collections::HashMap<u32, Vec<u8>>,
+    /// Position in the FETCH's set where the next chunk starts.
+    next_refill: usize,
+}
+
+impl HeaderPrefetch {
+    async fn refill(
+        &mut self,
+        store: &dyn store::Store,
+        account: store::AccountId,
+        mailbox: store::MailboxId,
+        pos: usize,
+        uids: &[u32],
+    ) -> Result<(), StoreError> {
+        self.heads.clear();
+        self.next_refill = pos + uids.len().max(1);
+        let (Some(&first), Some(&last)) = (uids.first(), uids.last()) else {
+            return Ok(());
+        };
+        let span = u64::from(last.saturating_sub(first)) + 1;
+        if uids.len() < 2 || span > 2 * uids.len() as u64 + 32 {
+            return Ok(());
+        }
+        let wanted: BTreeSet<u32> = uids.iter().copied().collect();
+        for (uid, head) in store
+            .message_headers(account, mailbox, Uid(first), Uid(last), HEADER_MAX)
+            .await?
+        {
+            if wanted.contains(&uid.0) {
+                self.heads.insert(uid.0, head);
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, uid: u32) -> Option<Vec<u8>> {
+        self.heads.remove(&uid)
+    }
+}
 
 /// Whether `head` (from [`store::Store::read_message_header`]) holds a whole header block:
 /// it ends with the empty line, or it is the whole message.

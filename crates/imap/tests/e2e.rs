@@ -626,3 +626,75 @@ async fn shared_mailbox_index_never_serves_stale_state() {
         "{lines:?}"
     );
 }
+
+/// FETCH of ENVELOPE / RFC822.HEADER over many messages reads header blocks a chunk at a
+/// time: the answers must be exactly those of one-message FETCHes, across UID gaps (expunged
+/// messages), a sparse UID set, and more messages than one chunk.
+#[tokio::test]
+async fn envelope_fetch_over_a_range_matches_single_message_fetches() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    a.send(b"c CREATE Many\r\n").await;
+    a.until("c").await;
+    for i in 0..300 {
+        let msg = format!(
+            "From: Sender {i} <s{i}@example.test>\r\nTo: r@example.test\r\nSubject: message {i}\r\n\
+             Message-ID: <m{i}@example.test>\r\n\r\nbody {i}\r\n"
+        );
+        a.send(format!("p APPEND Many {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await;
+        assert!(a.until("p").await.last().unwrap().contains("APPENDUID"));
+    }
+    a.send(b"s SELECT Many\r\n").await;
+    a.until("s").await;
+    // Gaps: expunge every seventh message.
+    let gaps: Vec<String> = (1..=300).step_by(7).map(|u| u.to_string()).collect();
+    a.send(
+        format!(
+            "d UID STORE {} +FLAGS.SILENT (\\Deleted)\r\n",
+            gaps.join(",")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(a.until("d").await.last().unwrap().starts_with("d OK"));
+    a.send(b"x EXPUNGE\r\n").await;
+    a.until("x").await;
+    // The untagged lines of an answer, one group per message (a group starts with its
+    // `* n FETCH` line; literal lines of RFC822.HEADER follow it).
+    let groups = |mut lines: Vec<String>| -> Vec<Vec<String>> {
+        lines.pop();
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for l in lines {
+            if l.starts_with("* ") && l.contains(" FETCH (") {
+                out.push(vec![l]);
+            } else if let Some(g) = out.last_mut() {
+                g.push(l);
+            }
+        }
+        out
+    };
+    for (set, what) in [
+        ("1:*", "(UID ENVELOPE)"),
+        ("2,5,9:12,200:*", "(UID ENVELOPE RFC822.HEADER)"),
+        ("3,150,250", "(UID ENVELOPE)"),
+    ] {
+        a.send(format!("r UID FETCH {set} {what}\r\n").as_bytes())
+            .await;
+        let ranged = groups(a.until("r").await);
+        assert!(ranged.len() > 2, "{set}: {ranged:?}");
+        for group in &ranged {
+            let uid: u32 = group[0]
+                .split("UID ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .expect("UID in the answer");
+            assert!(uid % 7 != 1, "expunged UID {uid} answered");
+            a.send(format!("o UID FETCH {uid} {what}\r\n").as_bytes())
+                .await;
+            let one = groups(a.until("o").await);
+            assert_eq!(one, vec![group.clone()], "UID {uid} in {set}");
+        }
+    }
+}
