@@ -1,10 +1,14 @@
 //! The management CLI and the demo, driven through the real binary.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::Guard;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -294,8 +298,9 @@ fn config_errors_name_the_key_and_the_file() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("mail.example.org"));
 }
 
-/// Starts `tessera demo` and waits for its banner; returns the child and the banner.
-fn start_demo(dir: &Path) -> (Child, String) {
+/// Starts `tessera demo` and waits for its banner; returns the child (killed when dropped, so
+/// a failing test never leaves a demo holding the demo ports) and the banner.
+fn start_demo(dir: &Path) -> (Guard, String) {
     let mut child = Command::new(BIN)
         .args(["demo", "--data-dir"])
         .arg(dir)
@@ -305,6 +310,7 @@ fn start_demo(dir: &Path) -> (Child, String) {
         .spawn()
         .expect("start demo");
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = Guard(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut banner = String::new();
@@ -318,25 +324,25 @@ fn start_demo(dir: &Path) -> (Child, String) {
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(banner) => (child, banner),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("the demo printed no banner within 60 s");
-        }
+        Err(_) => panic!(
+            "the demo printed no banner within 60 s (exit status: {:?}; are the demo ports \
+             taken?)",
+            child.0.try_wait()
+        ),
     }
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+fn stop(mut demo: Guard) -> std::process::ExitStatus {
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(demo.0.id().to_string())
         .status();
     for _ in 0..200 {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = demo.0.try_wait() {
             return status;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
     panic!("the demo did not stop within 10 s of SIGTERM");
 }
 
