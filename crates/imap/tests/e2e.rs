@@ -579,41 +579,31 @@ async fn shared_mailbox_index_never_serves_stale_state() {
     );
     assert!(lines.iter().any(|l| l == "* 2 EXPUNGE\r\n"), "{lines:?}");
     assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
-    b.send(b"u UID FETCH 1:* (FLAGS)\r\n").await;
-    let lines = b.until("u").await;
-    let uids: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("* ") && l.contains("FETCH"))
-        .collect();
-    assert_eq!(uids.len(), 3, "{lines:?}");
-    assert!(
-        uids[0].contains("UID 1 ") && uids[0].contains("\\Flagged"),
-        "{lines:?}"
-    );
-    assert!(
-        uids[1].contains("UID 3 ") && uids[2].contains("UID 4 "),
-        "{lines:?}"
-    );
+    // UIDs 1 (\\Flagged), 3 and 4 are what a session sees after A's changes.
+    async fn sees_after_changes(session: &mut Raw) {
+        session.send(b"u UID FETCH 1:* (FLAGS)\r\n").await;
+        let lines = session.until("u").await;
+        let got: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("* ") && l.contains("FETCH"))
+            .collect();
+        assert_eq!(got.len(), 3, "{lines:?}");
+        assert!(
+            got[0].contains("UID 1 ") && got[0].contains("\\Flagged"),
+            "{lines:?}"
+        );
+        assert!(
+            got[1].contains("UID 3 ") && got[2].contains("UID 4 "),
+            "{lines:?}"
+        );
+    }
+    sees_after_changes(&mut b).await;
     // A third session SELECTs: the index is current.
     let mut c = logged_in_plain(&s).await;
     c.send(b"s SELECT INBOX\r\n").await;
     let lines = c.until("s").await;
     assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
-    c.send(b"u UID FETCH 1:* (FLAGS)\r\n").await;
-    let lines = c.until("u").await;
-    let got: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("* ") && l.contains("FETCH"))
-        .collect();
-    assert_eq!(got.len(), 3, "{lines:?}");
-    assert!(
-        got[0].contains("UID 1 ") && got[0].contains("\\Flagged"),
-        "{lines:?}"
-    );
-    assert!(
-        got[1].contains("UID 3 ") && got[2].contains("UID 4 "),
-        "{lines:?}"
-    );
+    sees_after_changes(&mut c).await;
     // And a flag change by C reaches B, whose list is shared with the index.
     c.send(b"f UID STORE 3 +FLAGS.SILENT (\\Seen)\r\n").await;
     c.until("f").await;
