@@ -200,8 +200,10 @@ impl Session<'_> {
 
     async fn maybe_flush(&mut self) -> Result<(), NetError> {
         if self.out.len() >= FLUSH_AT {
-            let out = std::mem::take(&mut self.out);
-            self.conn.write_all(&out).await?;
+            // The buffer keeps its capacity for the rest of the command; `flush` at its end
+            // gives it back.
+            self.conn.write_all(&self.out).await?;
+            self.out.clear();
         }
         Ok(())
     }
@@ -568,6 +570,25 @@ fn fetch_flags_line(seq: usize, m: &Msg, condstore: bool, qresync: bool) -> Stri
     }
     line.push(')');
     line
+}
+
+/// `FLAGS (...)` written into `out` as [`flags_text`] spells the list.
+fn push_flags(out: &mut Vec<u8>, flags: &Flags, recent: bool) {
+    out.extend_from_slice(b"FLAGS (");
+    let mut first = true;
+    let names = flags
+        .keywords
+        .iter()
+        .map(String::as_str)
+        .chain(recent.then_some("\\Recent"));
+    let names = flags.system.names().map(|n| -> &str { n }).chain(names);
+    for name in names {
+        if !std::mem::take(&mut first) {
+            out.push(b' ');
+        }
+        out.extend_from_slice(name.as_bytes());
+    }
+    out.push(b')');
 }
 
 fn flags_text(flags: &Flags, recent: bool) -> String {
@@ -2306,54 +2327,71 @@ impl Session<'_> {
             } else {
                 None
             };
-            let mut line = Vec::new();
-            let _ = write!(Lossy(&mut line), "* {} FETCH (", i + 1);
-            let mut items: Vec<Vec<u8>> = Vec::new();
+            // Written straight into the output: a FETCH of every message of a big
+            // mailbox allocates nothing per message.
+            let item = &mut self.out;
+            // Where this message's line starts: an error part-way takes it back out.
+            let line_start = item.len();
+            let _ = write!(Lossy(item), "* {} FETCH (", i + 1);
+            let mut first = true;
+            let mut next_item = |item: &mut Vec<u8>| {
+                if !std::mem::take(&mut first) {
+                    item.push(b' ');
+                }
+            };
             if uid {
-                items.push(format!("UID {}", m.uid).into_bytes());
+                next_item(item);
+                let _ = write!(Lossy(item), "UID {}", m.uid);
             }
             let mut flags_done = false;
             for a in attrs {
-                let mut item = Vec::new();
+                if match a {
+                    FetchAttr::Uid => uid,
+                    FetchAttr::Flags => flags_done,
+                    FetchAttr::ModSeq => true,
+                    FetchAttr::Envelope
+                    | FetchAttr::BodyStructure
+                    | FetchAttr::Body
+                    | FetchAttr::Rfc822
+                    | FetchAttr::Rfc822Header
+                    | FetchAttr::Rfc822Text
+                    | FetchAttr::BodySection { .. }
+                    | FetchAttr::Binary { .. }
+                    | FetchAttr::BinarySize { .. } => parsed.is_none(),
+                    FetchAttr::InternalDate | FetchAttr::Rfc822Size => false,
+                } {
+                    continue;
+                }
+                next_item(item);
                 match a {
                     FetchAttr::Uid => {
-                        if uid {
-                            continue;
-                        }
-                        let _ = write!(Lossy(&mut item), "UID {}", m.uid);
+                        let _ = write!(Lossy(item), "UID {}", m.uid);
                     }
                     FetchAttr::Flags => {
-                        if flags_done {
-                            continue;
-                        }
                         flags_done = true;
-                        let _ = write!(
-                            Lossy(&mut item),
-                            "FLAGS ({})",
-                            flags_text(&m.flags, m.recent)
-                        );
+                        push_flags(item, &m.flags, m.recent);
                     }
                     FetchAttr::InternalDate => {
                         let _ = write!(
-                            Lossy(&mut item),
+                            Lossy(item),
                             "INTERNALDATE \"{}\"",
                             wire::format_date_time(m.date, m.tz)
                         );
                     }
                     FetchAttr::Rfc822Size => {
-                        let _ = write!(Lossy(&mut item), "RFC822.SIZE {}", m.size);
+                        let _ = write!(Lossy(item), "RFC822.SIZE {}", m.size);
                     }
-                    FetchAttr::ModSeq => continue,
+                    FetchAttr::ModSeq => {}
                     FetchAttr::Envelope => {
                         let Some(p) = &parsed else { continue };
                         item.extend_from_slice(b"ENVELOPE ");
-                        mime::push_envelope(&mut item, p.header());
+                        mime::push_envelope(item, p.header());
                     }
                     FetchAttr::BodyStructure | FetchAttr::Body => {
                         let Some(p) = &parsed else { continue };
                         let ext = matches!(a, FetchAttr::BodyStructure);
                         item.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        mime::push_body_structure(&mut item, &p.bytes, &p.root, ext, false);
+                        mime::push_body_structure(item, &p.bytes, &p.root, ext, false);
                     }
                     FetchAttr::Rfc822 | FetchAttr::Rfc822Header | FetchAttr::Rfc822Text => {
                         let Some(p) = &parsed else { continue };
@@ -2362,18 +2400,18 @@ impl Session<'_> {
                             FetchAttr::Rfc822Header => ("RFC822.HEADER", p.header().to_vec()),
                             _ => ("RFC822.TEXT", p.bytes[p.root.body.clone()].to_vec()),
                         };
-                        let _ = write!(Lossy(&mut item), "{name} ");
-                        push_literal(&mut item, &bytes);
+                        let _ = write!(Lossy(item), "{name} ");
+                        push_literal(item, &bytes);
                     }
                     FetchAttr::BodySection {
                         section, partial, ..
                     } => {
                         let Some(p) = &parsed else { continue };
                         item.extend_from_slice(b"BODY[");
-                        push_section_spec(&mut item, section);
+                        push_section_spec(item, section);
                         item.push(b']');
                         let data = mime::section_bytes(p, &section.path, &section.text);
-                        push_partial(&mut item, data, *partial);
+                        push_partial(item, data, *partial);
                     }
                     FetchAttr::Binary { path, partial, .. } => {
                         let Some(p) = &parsed else { continue };
@@ -2382,9 +2420,12 @@ impl Session<'_> {
                                 item.extend_from_slice(b"BINARY[");
                                 item.extend_from_slice(path_text(path).as_bytes());
                                 item.push(b']');
-                                push_partial(&mut item, Some(data), *partial);
+                                push_partial(item, Some(data), *partial);
                             }
-                            Err(e) => return Err(binary_error(e)),
+                            Err(e) => {
+                                item.truncate(line_start);
+                                return Err(binary_error(e));
+                            }
                         }
                     }
                     FetchAttr::BinarySize { path } => {
@@ -2392,32 +2433,29 @@ impl Session<'_> {
                         match mime::binary_bytes(p, path) {
                             Ok(data) => {
                                 let _ = write!(
-                                    Lossy(&mut item),
+                                    Lossy(item),
                                     "BINARY.SIZE[{}] {}",
                                     path_text(path),
                                     data.len()
                                 );
                             }
-                            Err(e) => return Err(binary_error(e)),
+                            Err(e) => {
+                                item.truncate(line_start);
+                                return Err(binary_error(e));
+                            }
                         }
                     }
                 }
-                items.push(item);
             }
             if seen_changed.contains(&m.uid) && !flags_done {
-                items.push(format!("FLAGS ({})", flags_text(&m.flags, m.recent)).into_bytes());
+                next_item(item);
+                push_flags(item, &m.flags, m.recent);
             }
             if with_modseq || (self.condstore && seen_changed.contains(&m.uid)) {
-                items.push(format!("MODSEQ ({})", m.modseq).into_bytes());
+                next_item(item);
+                let _ = write!(Lossy(item), "MODSEQ ({})", m.modseq);
             }
-            for (k, item) in items.iter().enumerate() {
-                if k > 0 {
-                    line.push(b' ');
-                }
-                line.extend_from_slice(item);
-            }
-            line.extend_from_slice(b")\r\n");
-            self.out.extend_from_slice(&line);
+            item.extend_from_slice(b")\r\n");
             self.maybe_flush().await?;
         }
         self.sync_if_selected(uid).await?;

@@ -688,3 +688,37 @@ async fn envelope_fetch_over_a_range_matches_single_message_fetches() {
         }
     }
 }
+
+/// A FETCH that fails part-way (BINARY of a part with an unknown transfer encoding) sends
+/// the complete lines of the messages before it and nothing of the failing one.
+#[tokio::test]
+async fn fetch_failing_part_way_sends_no_partial_line() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    a.send(b"c CREATE Bin\r\n").await;
+    a.until("c").await;
+    for cte in ["base64", "x-unknown"] {
+        let msg = format!(
+            "From: a@example.test\r\nSubject: {cte}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain\r\nContent-Transfer-Encoding: {cte}\r\n\r\naGVsbG8=\r\n"
+        );
+        a.send(format!("p APPEND Bin {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await;
+        assert!(a.until("p").await.last().unwrap().contains("APPENDUID"));
+    }
+    a.send(b"s SELECT Bin\r\n").await;
+    a.until("s").await;
+    a.send(b"f FETCH 1:2 (UID FLAGS BINARY.PEEK[1])\r\n").await;
+    let lines = a.until("f").await;
+    let (last, untagged) = lines.split_last().unwrap();
+    assert!(last.starts_with("f NO [UNKNOWN-CTE]"), "{lines:?}");
+    assert!(
+        untagged[0].starts_with("* 1 FETCH (UID 1 FLAGS (\\Recent) BINARY[1] {5}"),
+        "{lines:?}"
+    );
+    assert_eq!(untagged[1], "hello)\r\n", "{lines:?}");
+    assert_eq!(untagged.len(), 2, "a partial line of message 2: {lines:?}");
+    // The connection is still in step: the next command gets its own answer.
+    a.send(b"n NOOP\r\n").await;
+    assert!(a.until("n").await.last().unwrap().starts_with("n OK"));
+}
