@@ -93,7 +93,24 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
     if needle.is_empty() {
         return true;
     }
+    if hay.is_ascii() && needle.is_ascii() {
+        // Both ASCII: lowercasing maps ASCII to ASCII byte for byte, so comparing bytes
+        // without case is the same test, without two allocations per message.
+        return contains_ascii_ci(hay.as_bytes(), needle.as_bytes());
+    }
     hay.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let first = first.to_ascii_lowercase();
+    hay.len() >= needle.len()
+        && (0..=hay.len() - needle.len()).any(|i| {
+            hay[i].to_ascii_lowercase() == first
+                && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest)
+        })
 }
 
 fn date_cmp(cmp: DateCmp, day: i64, want: i64) -> bool {
@@ -126,9 +143,14 @@ fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
                 return true;
             }
             let unfolded = mime::unfold(f.value);
-            if contains_ci(&decode_header(&unfolded), needle)
-                || contains_ci(&String::from_utf8_lossy(&unfolded), needle)
-            {
+            let raw_text = String::from_utf8_lossy(&unfolded);
+            if contains_ci(&raw_text, needle) {
+                return true;
+            }
+            // Decoding only changes a value with an RFC 2047 word or 8-bit bytes; otherwise
+            // it just trims the unfolded text, which the test above already covered.
+            let plain = unfolded.is_ascii() && !unfolded.windows(2).any(|w| w == b"=?");
+            if !plain && contains_ci(&decode_header(&unfolded), needle) {
                 return true;
             }
         }
@@ -240,6 +262,29 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::seqset::SeqSet;
+
+    #[test]
+    fn contains_ci_ascii_and_unicode() {
+        for (hay, needle, want) in [
+            ("Hello World", "o w", true),
+            ("Hello World", "WORLD", true),
+            ("Hello World", "worlds", false),
+            ("Hello", "", true),
+            ("", "a", false),
+            ("ab", "abc", false),
+            ("xxAB", "ab", true),
+            // Not ASCII: Unicode lowercasing (the Kelvin sign lowercases to `k`).
+            ("\u{212A}elvin", "kelvin", true),
+            ("J\u{d6}RG", "j\u{f6}rg", true),
+        ] {
+            assert_eq!(contains_ci(hay, needle), want, "{hay:?} / {needle:?}");
+        }
+        // A header field with an encoded word is decoded; a plain one is matched as is.
+        let raw = b"Subject: =?utf-8?q?caf=C3=A9?= menu\r\nTo: plain  spaced\r\n\r\n";
+        assert!(header_matches(raw, "subject", "CAF\u{c9} m"));
+        assert!(header_matches(raw, "to", "plain  sp"));
+        assert!(!header_matches(raw, "to", "plain sp"));
+    }
 
     #[test]
     fn keys_table() {
