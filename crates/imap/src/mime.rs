@@ -119,43 +119,32 @@ pub struct Field<'a> {
 /// Splits a header block into fields. Lines before the first field or without a colon are
 /// skipped; continuation lines belong to the field above.
 pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
+    let field = |(s, colon, e): (usize, usize, usize)| Field {
+        name: header[s..colon].trim_ascii_end(),
+        raw: &header[s..e],
+        value: &header[colon + 1..e],
+    };
     let mut out: Vec<Field<'_>> = Vec::new();
-    let mut start = 0;
-    let mut lines = Vec::new();
-    while start < header.len() {
-        let end = header[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header.len(), |p| start + p + 1);
-        lines.push(start..end);
-        start = end;
-    }
-    let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (start, colon, end)
+    // The field being read: (start, colon, end).
     let mut current: Option<(usize, usize, usize)> = None;
-    for line in lines {
-        let l = &header[line.clone()];
+    let mut start = 0;
+    while start < header.len() {
+        let end = memchr::memchr(b'\n', &header[start..]).map_or(header.len(), |p| start + p + 1);
+        let l = &header[start..end];
         if l == b"\r\n" || l == b"\n" {
             break;
         }
         if l.first().is_some_and(|&b| b == b' ' || b == b'\t') {
             if let Some(c) = current.as_mut() {
-                c.2 = line.end;
+                c.2 = end;
             }
-            continue;
+        } else {
+            out.extend(current.take().map(field));
+            current = memchr::memchr(b':', l).map(|colon| (start, start + colon, end));
         }
-        spans.extend(current.take());
-        if let Some(colon) = l.iter().position(|&b| b == b':') {
-            current = Some((line.start, line.start + colon, line.end));
-        }
+        start = end;
     }
-    spans.extend(current);
-    for (s, colon, e) in spans {
-        out.push(Field {
-            name: header[s..colon].trim_ascii_end(),
-            raw: &header[s..e],
-            value: &header[colon + 1..e],
-        });
-    }
+    out.extend(current.map(field));
     out
 }
 
