@@ -1019,7 +1019,13 @@ fn push_ext(out: &mut Vec<u8>, info: &PartInfo) {
 
 /// Appends the ENVELOPE of a message header block (RFC 3501 §7.4.2).
 pub fn push_envelope(out: &mut Vec<u8>, header: &[u8]) {
-    let get = |name: &str| header_value(header, name);
+    // The header is split once; every envelope field is looked up in that list.
+    let fs = fields(header);
+    let get = |name: &str| {
+        fs.iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| unfold(f.value))
+    };
     out.push(b'(');
     push_nstring(out, get("Date").filter(|v| !v.is_empty()).as_deref());
     out.push(b' ');
@@ -1028,7 +1034,7 @@ pub fn push_envelope(out: &mut Vec<u8>, header: &[u8]) {
     let all = |name: &str| -> Option<Vec<EnvAddress>> {
         let mut found = false;
         let mut list = Vec::new();
-        for f in fields(header) {
+        for f in &fs {
             if f.name.eq_ignore_ascii_case(name.as_bytes()) {
                 found = true;
                 list.extend(parse_addresses(&unfold(f.value)));
