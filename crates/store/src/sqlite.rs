@@ -65,6 +65,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0004_outbound.sql"),
     include_str!("../migrations/sqlite/0005_dkim.sql"),
     include_str!("../migrations/sqlite/0006_acme.sql"),
+    include_str!("../migrations/sqlite/0007_uidvalidity.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -316,17 +317,35 @@ pub(crate) fn normalize_mailbox_name(name: &str) -> Result<String> {
 }
 
 /// A UIDVALIDITY never given before in this database (RFC 3501 §2.3.1.1: a recreated
-/// mailbox must get a new one).
+/// mailbox must get a new one): the current time, or one more than the last one given if
+/// that is later. The last one given is kept in `counters`, as deleted mailboxes take
+/// theirs with them.
 async fn next_uid_validity(conn: &mut SqliteConnection) -> Result<u32> {
-    let max: Option<i64> = sqlx::query_scalar("SELECT MAX(uidvalidity) FROM mailboxes")
-        .fetch_one(&mut *conn)
-        .await?;
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(v) FROM (SELECT MAX(uidvalidity) AS v FROM mailboxes \
+         UNION ALL SELECT value FROM counters WHERE name = 'uidvalidity')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let next = uid_validity_after(last);
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES ('uidvalidity', ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(i64::from(next))
+    .execute(&mut *conn)
+    .await?;
+    Ok(next)
+}
+
+/// The UIDVALIDITY to give after `last`: now, or `last + 1` when that is later.
+fn uid_validity_after(last: Option<i64>) -> u32 {
     let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
-    let after = max
+    let after = last
         .and_then(|m| u32::try_from(m).ok())
         .unwrap_or(0)
         .saturating_add(1);
-    Ok(now.max(after))
+    now.max(after)
 }
 
 /// Creates a mailbox inside an administrative transaction ([`Store::add_account`]'s default

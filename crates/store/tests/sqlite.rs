@@ -953,3 +953,98 @@ async fn message_bodies_read_a_range_inline_and_from_files_within_a_byte_budget(
             .is_empty()
     );
 }
+
+/// RFC 3501 §2.3.1.1: a mailbox deleted and created again gets a UIDVALIDITY never given
+/// before, even when it held the highest one and it all happens within one second.
+#[tokio::test]
+async fn recreated_mailbox_never_reuses_a_uidvalidity() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", &hash()).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for m in store.list_mailboxes(alice).await.expect("list") {
+        seen.insert(m.uid_validity);
+    }
+    for round in 0..5 {
+        store
+            .create_mailbox(alice, "Scratch", None)
+            .await
+            .expect("create");
+        let m = store
+            .mailbox(alice, "Scratch")
+            .await
+            .expect("q")
+            .expect("m");
+        assert!(
+            seen.insert(m.uid_validity),
+            "round {round}: UIDVALIDITY {:?} given twice",
+            m.uid_validity
+        );
+        store
+            .delete_mailbox(alice, "Scratch")
+            .await
+            .expect("delete");
+    }
+    // The same holds across a restart of the store.
+    drop(store);
+    let store = SqliteStore::open(_dir.path()).await.expect("reopen");
+    store
+        .create_mailbox(alice, "Scratch", None)
+        .await
+        .expect("create");
+    let m = store
+        .mailbox(alice, "Scratch")
+        .await
+        .expect("q")
+        .expect("m");
+    assert!(
+        seen.insert(m.uid_validity),
+        "after a restart: {:?}",
+        m.uid_validity
+    );
+}
+
+/// A database made by the previous schema (version 6) migrates: the UIDVALIDITY counter
+/// starts above every existing mailbox's, so a mailbox deleted after the upgrade and created
+/// again does not get the value it had.
+#[tokio::test]
+async fn schema_6_database_migrates_and_keeps_uidvalidity_unique() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let future = store::unix_now() + 100_000;
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("tessera.db")).expect("open");
+        for sql in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_queue.sql"),
+            include_str!("../migrations/sqlite/0003_inline_bodies.sql"),
+            include_str!("../migrations/sqlite/0004_outbound.sql"),
+            include_str!("../migrations/sqlite/0005_dkim.sql"),
+            include_str!("../migrations/sqlite/0006_acme.sql"),
+        ] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = 6;
+             INSERT INTO domains (id, name, created_at) VALUES (1, 'example.org', 0);
+             INSERT INTO accounts (id, domain_id, local_part, address, password_hash, created_at)
+                 VALUES (1, 1, 'alice', 'alice@example.org', 'x', 0);
+             INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, highestmodseq, subscribed)
+                 VALUES (1, 'INBOX', 7, 1, 1, 1), (1, 'Old', {future}, 1, 1, 1);"
+        ))
+        .expect("old data");
+    }
+    let store = SqliteStore::open(dir.path()).await.expect("migrate");
+    let alice = store::AccountId(1);
+    store.delete_mailbox(alice, "Old").await.expect("delete");
+    store
+        .create_mailbox(alice, "Old", None)
+        .await
+        .expect("create");
+    let m = store.mailbox(alice, "Old").await.expect("q").expect("m");
+    assert!(
+        i64::from(m.uid_validity.0) > future,
+        "{:?} not above {future}",
+        m.uid_validity
+    );
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    assert_eq!(inbox.uid_validity.0, 7, "existing mailboxes keep theirs");
+}

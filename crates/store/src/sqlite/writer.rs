@@ -929,18 +929,22 @@ fn expunge(
     Ok(expunged)
 }
 
-/// A UIDVALIDITY never given before in this database (RFC 3501 §2.3.1.1: a recreated
-/// mailbox must get a new one).
+/// A UIDVALIDITY never given before in this database (see the store's
+/// `next_uid_validity`, which does the same in an administrative transaction).
 fn next_uid_validity(conn: &Connection) -> Result<u32> {
-    let max: Option<i64> = conn
-        .prepare_cached("SELECT MAX(uidvalidity) FROM mailboxes")?
+    let last: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(v) FROM (SELECT MAX(uidvalidity) AS v FROM mailboxes \
+             UNION ALL SELECT value FROM counters WHERE name = 'uidvalidity')",
+        )?
         .query_row([], |r| r.get(0))?;
-    let now = u32::try_from(unix_now()).unwrap_or(u32::MAX);
-    let after = max
-        .and_then(|m| u32::try_from(m).ok())
-        .unwrap_or(0)
-        .saturating_add(1);
-    Ok(now.max(after))
+    let next = super::uid_validity_after(last);
+    conn.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES ('uidvalidity', ?) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([i64::from(next)])?;
+    Ok(next)
 }
 
 /// The id of the account's mailbox called `name` (normalised already).
