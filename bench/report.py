@@ -33,13 +33,16 @@ smtp = load_jsonl("smtp.jsonl")
 if smtp:
     def find(server, s, r):
         return next((x for x in smtp if x["server"] == server and x["sessions"] == s and x["rcpts"] == r), None)
-    for r in (1, 10):
-        for s in (1, 20):
+    # One row per (recipients, sessions) either server ran: bench/run's SMTP_SESSIONS decides.
+    rcpts_run = sorted({x["rcpts"] for x in smtp})
+    sessions_run = sorted({x["sessions"] for x in smtp})
+    for r in rcpts_run:
+        for s in sessions_run:
             t, p = find("tessera", s, r), find("postfix+dovecot", s, r)
             add("SMTP", f"accepted+durable msg/s, {s} session(s), {r} rcpt(s)",
                 t and t["accepted_per_s"], p and p["accepted_per_s"], "Postfix (queued)", "higher")
-    for r in (1, 10):
-        for s in (1, 20):
+    for r in rcpts_run:
+        for s in sessions_run:
             t, p = find("tessera", s, r), find("postfix+dovecot", s, r)
             add("SMTP", f"in the mailbox msg/s, {s} session(s), {r} rcpt(s)",
                 t and t["accepted_per_s"], p and p["delivered_per_s"], "Postfix->LMTP->Dovecot", "higher")
