@@ -65,6 +65,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0004_outbound.sql"),
     include_str!("../migrations/sqlite/0005_dkim.sql"),
     include_str!("../migrations/sqlite/0006_acme.sql"),
+    include_str!("../migrations/sqlite/0007_no_blob_hash_index.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
