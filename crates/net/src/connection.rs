@@ -287,7 +287,7 @@ impl Connection {
                     return Ok(ReadEvent::TooLong);
                 }
                 let line = self.buf.split_to(end).to_vec();
-                self.shrink_if_idle();
+                self.shrink_after_line();
                 return Ok(ReadEvent::Line(line));
             }
             if discarding || self.buf.len() >= max_len {
@@ -346,8 +346,8 @@ impl Connection {
 
     /// [`fill_buf`](Self::fill_buf) for a bulk transfer the caller knows is under way (SMTP
     /// message data): one read takes up to 16 KiB rather than 2 KiB, so a message costs a
-    /// few socket reads rather than one per 2 KiB. Only for the length of the transfer: the
-    /// bigger buffer is freed or reused like any other once the session is between commands.
+    /// few socket reads rather than one per 2 KiB. The room lasts as long as the transfer:
+    /// the next command line read frees it (see [`read_line`](Self::read_line)).
     pub async fn fill_buf_bulk(&mut self) -> Result<FillEvent, NetError> {
         let deadline = Instant::now() + self.idle_timeout;
         let may_stop = self.buf.is_empty();
@@ -400,6 +400,15 @@ impl Connection {
             Ok(Ok(0)) => Ok(FillEvent::Eof),
             Ok(Ok(n)) => Ok(FillEvent::Read(n)),
             Ok(Err(err)) => Err(NetError::Io(err)),
+        }
+    }
+
+    /// After a whole line was taken: frees an emptied buffer bigger than two line-read chunks
+    /// (a bulk transfer or a long line grew it), so a session waiting for its next command
+    /// holds no more than a line read needs.
+    fn shrink_after_line(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * READ_CHUNK {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -657,6 +666,19 @@ mod tests {
             "a bulk fill took {bulk} of the waiting bytes"
         );
         assert_eq!(conn.buffer(), &body[..]);
+
+        // The next command line gives the room back: an idle session holds a small buffer.
+        conn.consume(body.len());
+        client.write_all(b"NEXT\r\n").await?;
+        assert_eq!(
+            conn.read_line(64).await?,
+            ReadEvent::Line(b"NEXT\r\n".to_vec())
+        );
+        assert!(
+            conn.buf.capacity() <= 2 * READ_CHUNK,
+            "{} bytes kept after the transfer",
+            conn.buf.capacity()
+        );
         Ok(())
     }
 }
