@@ -560,7 +560,7 @@ impl Session<'_> {
         let mut decoder = DataDecoder::new(self.server.config.max_message_size);
         loop {
             if self.conn.buffer().is_empty() {
-                match self.conn.fill_buf().await? {
+                match self.conn.fill_buf_bulk().await? {
                     FillEvent::Read(_) => {}
                     FillEvent::Eof => return Ok(Flow::Close),
                     FillEvent::Timeout => {

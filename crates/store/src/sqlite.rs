@@ -65,7 +65,8 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0004_outbound.sql"),
     include_str!("../migrations/sqlite/0005_dkim.sql"),
     include_str!("../migrations/sqlite/0006_acme.sql"),
-    include_str!("../migrations/sqlite/0007_uidvalidity.sql"),
+    include_str!("../migrations/sqlite/0007_no_blob_hash_index.sql"),
+    include_str!("../migrations/sqlite/0008_uidvalidity.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).

@@ -11,9 +11,14 @@
 //!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
 //! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
 //! 4. only then every caller is answered (tokio oneshot) and the change feed published;
-//! 5. when the WAL has grown past [`CHECKPOINT_FRAMES`], it is checkpointed, after the
-//!    answers rather than inside the COMMIT (SQLite's automatic checkpoint), so the callers
-//!    of that batch do not wait for it; jobs arriving meanwhile make the next batch bigger.
+//! 5. each time the WAL has grown by [`CHECKPOINT_FRAMES`], the checkpoint thread is asked to
+//!    copy it into the database, on its own connection, while this thread goes on committing
+//!    batches: a checkpoint (1,000 pages copied, two fsyncs) takes as long as several
+//!    batches, and every job arriving meanwhile used to wait for it. SQLite only restarts the
+//!    WAL from its beginning at a write that finds every frame copied, which a checkpoint
+//!    running beside a busy writer seldom leaves; so past [`CHECKPOINT_INLINE_FRAMES`] this
+//!    thread checkpoints itself between batches (copying the little the checkpoint thread
+//!    left), and the WAL restarts at the next commit: it stays bounded.
 //!
 //! Why a thread and not a task on sqlx's connection: sqlx-sqlite hands every statement to its
 //! own worker thread over a channel and back, ~7 hand-offs per delivery; here a statement is a
@@ -44,9 +49,11 @@ const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prepared statements kept per connection (the writer uses about forty).
 const STATEMENT_CACHE: usize = 64;
-/// WAL size (in pages) past which the writer checkpoints: SQLite's default automatic
-/// checkpoint threshold.
+/// WAL growth (in pages) after which the checkpoint thread is asked to run: SQLite's
+/// default automatic checkpoint threshold.
 const CHECKPOINT_FRAMES: i32 = 1000;
+/// WAL size (in pages) past which the writer thread checkpoints itself, so the WAL restarts.
+const CHECKPOINT_INLINE_FRAMES: i32 = 4 * CHECKPOINT_FRAMES;
 
 thread_local! {
     /// Pages in the WAL after the writer thread's last commit (set by [`note_wal_size`]).
@@ -166,12 +173,46 @@ pub(super) fn start(
     stats: Arc<WriterStats>,
 ) -> Result<mpsc::Sender<Job>> {
     let conn = open(db)?;
+    let checkpointer = Checkpointer::start(db)?;
     let (tx, rx) = mpsc::channel(depth);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_thread(conn, rx, &blobs, &feed, &stats))
+        .spawn(move || writer_thread(conn, rx, &blobs, &feed, &stats, &checkpointer))
         .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
     Ok(tx)
+}
+
+/// The checkpoint thread: one connection of its own, one PASSIVE checkpoint per request.
+/// It ends when the writer thread drops this handle.
+struct Checkpointer {
+    /// Room for one pending request: asking again while one waits changes nothing.
+    requests: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn start(db: &Path) -> Result<Checkpointer> {
+        let conn = open(db)?;
+        let (requests, pending) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                while pending.recv().is_ok() {
+                    checkpoint(&conn);
+                }
+                if let Err((_, e)) = conn.close() {
+                    tracing::warn!(error = %e, "closing the checkpoint connection");
+                }
+            })
+            .map_err(|e| {
+                StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
+            })?;
+        Ok(Checkpointer { requests })
+    }
+
+    /// Asks for a checkpoint without waiting (none is queued twice).
+    fn request(&self) {
+        let _ = self.requests.try_send(());
+    }
 }
 
 /// The writer's connection, with the same settings as the pool's: WAL, `synchronous=FULL`
@@ -199,8 +240,11 @@ fn writer_thread(
     blobs: &BlobStore,
     feed: &ChangeFeed,
     stats: &WriterStats,
+    checkpointer: &Checkpointer,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The WAL's size when the checkpoint thread was last asked to run.
+    let mut requested_at = 0;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -210,9 +254,17 @@ fn writer_thread(
             }
         }
         run_batch(&mut conn, &mut batch, blobs, feed, stats);
-        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
+        let frames = WAL_FRAMES.get();
+        if frames < requested_at {
+            requested_at = 0; // the WAL restarted
+        }
+        if frames >= CHECKPOINT_INLINE_FRAMES {
             WAL_FRAMES.set(0);
+            requested_at = 0;
             checkpoint(&conn);
+        } else if frames - requested_at >= CHECKPOINT_FRAMES {
+            requested_at = frames;
+            checkpointer.request();
         }
     }
     if let Err((_, e)) = conn.close() {

@@ -1,4 +1,4 @@
--- Tessera schema, version 7 (SQLite): the last UIDVALIDITY given.
+-- Tessera schema, version 8 (SQLite): the last UIDVALIDITY given.
 --
 -- RFC 3501 §2.3.1.1: a mailbox deleted and created again must get a UIDVALIDITY it never had.
 -- The largest value among existing mailboxes is not enough: deleting the mailbox that held it
