@@ -32,7 +32,10 @@ use crate::AccountInfo;
 use crate::error::{Result, StoreError};
 use crate::types::{AccountId, Address, Domain};
 
-/// Idle connections kept for reuse (about one per runtime worker, plus blocking reads).
+/// Reads running on the blocking pool at once (as many as sqlx's pool had connections): bounds
+/// the connections, threads and page caches a burst of large reads can take.
+const BLOCKING_READS: usize = 4;
+/// Idle connections kept for reuse (about one per runtime worker, plus the blocking reads).
 const KEEP: usize = 8;
 /// Longest a lookup waits on a lock (in WAL mode only while the WAL index is rebuilt).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +53,8 @@ pub(super) struct Lookups {
     inline_steps: AtomicI32,
     /// Reads that ran out of their inline budget and were moved to the blocking pool.
     moved: AtomicU64,
+    /// [`BLOCKING_READS`] permits.
+    blocking_slots: tokio::sync::Semaphore,
 }
 
 impl Lookups {
@@ -59,6 +64,7 @@ impl Lookups {
             idle: Mutex::new(Vec::new()),
             inline_steps: AtomicI32::new(INLINE_STEPS),
             moved: AtomicU64::new(0),
+            blocking_slots: tokio::sync::Semaphore::new(BLOCKING_READS),
         }
     }
 
@@ -103,12 +109,18 @@ impl Lookups {
         self.blocking(f).await
     }
 
-    /// Runs `f` on a pooled connection on tokio's blocking pool (large reads).
+    /// Runs `f` on a pooled connection on tokio's blocking pool (large reads), at most
+    /// [`BLOCKING_READS`] at once.
     pub(super) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let _permit = self
+            .blocking_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.with(f))
             .await
