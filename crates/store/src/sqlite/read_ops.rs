@@ -197,7 +197,7 @@ impl SqliteStore {
         mailbox: MailboxId,
     ) -> Result<MailboxStatus> {
         self.lookups
-            .read(move |c| {
+            .read_scan(("status", mailbox.0), move |c| {
                 prepare(c, STATUS)?
                     .query_row((mailbox.0, account.0), |r| Ok(status_row(r)))
                     .optional()?
@@ -213,7 +213,9 @@ impl SqliteStore {
         mailbox: MailboxId,
     ) -> Result<Vec<MessageMeta>> {
         self.lookups
-            .read(move |c| collect(c, MESSAGES, (mailbox.0, account.0), meta_row))
+            .read_scan(("messages", mailbox.0), move |c| {
+                collect(c, MESSAGES, (mailbox.0, account.0), meta_row)
+            })
             .await
     }
 
@@ -226,7 +228,7 @@ impl SqliteStore {
         mailbox: MailboxId,
     ) -> Result<Vec<MessageFlags>> {
         self.lookups
-            .read(move |c| {
+            .read_scan(("flags", mailbox.0), move |c| {
                 collect(c, FLAGS, (mailbox.0, account.0), |r| {
                     Ok(MessageFlags {
                         uid: Uid(int(r.get(0)?)?),
@@ -248,7 +250,9 @@ impl SqliteStore {
     ) -> Result<Vec<MessageMeta>> {
         let since = i64_of(modseq.0)?;
         self.lookups
-            .read(move |c| collect(c, CHANGED_SINCE, (mailbox.0, account.0, since), meta_row))
+            .read_scan(("changed", mailbox.0), move |c| {
+                collect(c, CHANGED_SINCE, (mailbox.0, account.0, since), meta_row)
+            })
             .await
     }
 
@@ -261,7 +265,7 @@ impl SqliteStore {
     ) -> Result<Vec<Uid>> {
         let since = i64_of(modseq.0)?;
         self.lookups
-            .read(move |c| {
+            .read_scan(("expunged", mailbox.0), move |c| {
                 collect(c, EXPUNGED_SINCE, (mailbox.0, account.0, since), |r| {
                     Ok(Uid(int(r.get(0)?)?))
                 })
@@ -531,6 +535,11 @@ mod tests {
         let moved = everything(store.clone()).await;
         assert!(store.lookups.moved() >= 9, "every read was moved");
         assert_eq!(moved, inline);
+        // A scan that ran out of its budget goes to the pool directly the next time.
+        let before = store.lookups.moved();
+        let flags = store.message_flags(account, inbox.id).await.expect("flags");
+        assert_eq!(flags, inline.4);
+        assert_eq!(store.lookups.moved(), before, "not attempted inline again");
 
         // The interrupted connections are back in the pool; none holds an old snapshot.
         let bytes = b"Subject: new\r\n\r\nx\r\n".to_vec();

@@ -20,10 +20,11 @@
 //! commit, including the CLI's changes from another process. A read that must be
 //! consistent across rows is one statement.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -31,6 +32,11 @@ use super::int;
 use crate::AccountInfo;
 use crate::error::{Result, StoreError};
 use crate::types::{AccountId, Address, Domain};
+
+/// How long a scan that ran out of its inline budget goes to the blocking pool directly.
+const LARGE_FOR: Duration = Duration::from_secs(60);
+/// Scans remembered as large at most (the memory is forgotten past that).
+const LARGE_MAX: usize = 4096;
 
 /// Reads running on the blocking pool at once (as many as sqlx's pool had connections): bounds
 /// the connections, threads and page caches a burst of large reads can take.
@@ -55,6 +61,9 @@ pub(super) struct Lookups {
     moved: AtomicU64,
     /// [`BLOCKING_READS`] permits.
     blocking_slots: tokio::sync::Semaphore,
+    /// Scans (kind, mailbox) that lately ran out of the inline budget, and when: the next one
+    /// goes to the blocking pool without wasting a budget first.
+    large: Mutex<HashMap<(&'static str, i64), Instant>>,
 }
 
 impl Lookups {
@@ -65,6 +74,7 @@ impl Lookups {
             inline_steps: AtomicI32::new(INLINE_STEPS),
             moved: AtomicU64::new(0),
             blocking_slots: tokio::sync::Semaphore::new(BLOCKING_READS),
+            large: Mutex::new(HashMap::new()),
         }
     }
 
@@ -88,9 +98,49 @@ impl Lookups {
         T: Send + 'static,
         F: Fn(&Connection) -> Result<T> + Send + 'static,
     {
+        match self.inline(&f) {
+            Some(result) => result,
+            None => self.blocking(f).await,
+        }
+    }
+
+    /// [`Lookups::read`] for a scan whose size depends on the data (`scan`: what kind of
+    /// read, and of which mailbox): once such a scan ran out of the inline budget it goes to
+    /// the blocking pool directly for [`LARGE_FOR`] (a large mailbox or expunge log stays
+    /// large; without this every read of it would first waste its budget).
+    pub(super) async fn read_scan<T, F>(
+        self: &Arc<Self>,
+        scan: (&'static str, i64),
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
+        let known_large = self
+            .large
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&scan)
+            .is_some_and(|since| since.elapsed() < LARGE_FOR);
+        if !known_large && let Some(result) = self.inline(&f) {
+            return result;
+        }
+        if !known_large {
+            let mut large = self.large.lock().unwrap_or_else(PoisonError::into_inner);
+            if large.len() >= LARGE_MAX {
+                large.clear();
+            }
+            large.insert(scan, Instant::now());
+        }
+        self.blocking(f).await
+    }
+
+    /// Runs `f` inline within the budget; `None` when a statement ran out of it.
+    fn inline<T>(&self, f: &impl Fn(&Connection) -> Result<T>) -> Option<Result<T>> {
         let interrupted = Arc::new(AtomicBool::new(false));
         let flag = interrupted.clone();
-        let inline = self.with(|conn| {
+        let result = self.with(|conn| {
             conn.progress_handler(
                 self.inline_steps.load(Ordering::Relaxed),
                 Some(move || {
@@ -102,11 +152,11 @@ impl Lookups {
             conn.progress_handler(0, None::<fn() -> bool>)?;
             result
         });
-        if !interrupted.load(Ordering::Relaxed) {
-            return inline;
+        if interrupted.load(Ordering::Relaxed) {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        self.moved.fetch_add(1, Ordering::Relaxed);
-        self.blocking(f).await
+        Some(result)
     }
 
     /// Runs `f` on a pooled connection on tokio's blocking pool (large reads), at most
