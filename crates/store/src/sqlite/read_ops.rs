@@ -1,9 +1,10 @@
 //! The mailbox reads IMAP and POP3 make on every command, through the rusqlite connections
 //! of [`Lookups`](super::reader::Lookups) instead of sqlx (see `reader` for why).
 //!
-//! - Point reads (a mailbox by name, one message's body or header) and reads whose size the
-//!   caller cannot bound (a whole mailbox, what changed since a MODSEQ, STATUS counts) go
-//!   through `Lookups::read`: inline, moved to the blocking pool when they run long.
+//! - Point reads (a mailbox by name, one message's body or header) go through `Lookups::read`,
+//!   and reads whose size the caller cannot bound (a whole mailbox, what changed since a
+//!   MODSEQ, STATUS counts) through `Lookups::read_scan`: inline, moved to the blocking pool
+//!   when they run long.
 //! - Reads of many bodies or header blocks (SEARCH) go to the blocking pool directly, with the
 //!   body files they need read in the same task.
 //!
@@ -386,12 +387,13 @@ impl SqliteStore {
         let blobs = self.blobs.clone();
         self.lookups
             .blocking(move |c| {
-                let mut stmt = prepare(c, BODIES)?;
-                let mut rows =
-                    stmt.query((mailbox.0, account.0, i64::from(first.0), i64::from(last.0)))?;
                 let mut out: Vec<(Uid, Vec<u8>)> = Vec::new();
                 let mut from_files: Vec<(usize, String)> = Vec::new();
                 let mut total: u64 = 0;
+                // The statement ends (and its read snapshot with it) before the files are read.
+                let mut stmt = prepare(c, BODIES)?;
+                let mut rows =
+                    stmt.query((mailbox.0, account.0, i64::from(first.0), i64::from(last.0)))?;
                 while let Some(r) = rows.next()? {
                     // Cut where the budget runs out (always at least one message, so a
                     // caller walking a range makes progress).
@@ -409,6 +411,8 @@ impl SqliteStore {
                         }
                     }
                 }
+                drop(rows);
+                drop(stmt);
                 for (i, hex) in from_files {
                     out[i].1 = blobs.read(&hash_of(&hex)?)?;
                 }

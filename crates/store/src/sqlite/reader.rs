@@ -172,13 +172,19 @@ impl Lookups {
             .await
             .map_err(|_| StoreError::Closed)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.with(f))
-            .await
-            .map_err(|e| StoreError::Database(format!("reader task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            this.with(|conn| {
+                // No budget here (`inline` removes its own, this is in case that failed).
+                conn.progress_handler(0, None::<fn() -> bool>)?;
+                f(conn)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader task: {e}")))?
     }
 
     /// Runs `f` on an idle connection (opening one if none is idle) and keeps it for reuse.
-    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
         let conn = match idle {
             Some(c) => c,
