@@ -1,6 +1,7 @@
 //! The SQLite backend (embedded default): WAL, `synchronous=FULL`, one writer thread doing
-//! group commit for mailbox writes, a small sqlx pool for reads, and inline point lookups
-//! for the SMTP hot path ([`reader`]).
+//! group commit for mailbox writes, a small sqlx pool for administrative reads, and a few
+//! rusqlite connections for the reads the protocols make on every command ([`reader`]: the
+//! SMTP hot path's point lookups; [`read_ops`]: IMAP's and POP3's mailbox reads).
 //!
 //! Group commit ([`writer`]): every mailbox write becomes a job on a channel. The writer
 //! thread takes all jobs waiting, writes and syncs the large bodies they carry once, runs
@@ -74,8 +75,8 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: mpsc::Sender<Job>,
-    /// Synchronous point lookups for the SMTP hot path ([`reader`]).
-    lookups: reader::Lookups,
+    /// Reads through rusqlite: the SMTP hot path ([`reader`]) and IMAP/POP3 ([`read_ops`]).
+    lookups: Arc<reader::Lookups>,
     blobs: Arc<BlobStore>,
     feed: Arc<ChangeFeed>,
     stats: Arc<WriterStats>,
@@ -134,7 +135,7 @@ impl SqliteStore {
         Ok(Arc::new(SqliteStore {
             pool,
             writer: tx,
-            lookups: reader::Lookups::new(&data_dir.join("tessera.db")),
+            lookups: Arc::new(reader::Lookups::new(&data_dir.join("tessera.db"))),
             blobs,
             feed,
             stats,
@@ -203,26 +204,6 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
     }
 
-    /// The header prefixes ([`Store::read_message_header`]) of bodies stored as files, read
-    /// on one blocking thread.
-    async fn read_header_files(&self, hashes: Vec<String>, max: usize) -> Result<Vec<Vec<u8>>> {
-        let blobs = self.blobs.clone();
-        tokio::task::spawn_blocking(move || {
-            hashes
-                .iter()
-                .map(|hex| {
-                    let hash = BlobHash::from_hex(hex)
-                        .ok_or_else(|| StoreError::Database(format!("corrupt blob hash {hex}")))?;
-                    let mut bytes = blobs.read_prefix(&hash, max)?;
-                    bytes.truncate(crate::header_prefix_len(&bytes, max));
-                    Ok(bytes)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("blob reader task: {e}")))?
-    }
-
     async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
@@ -275,16 +256,6 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
             Err(e)
         }
     }
-}
-
-/// The header prefix of an inline body (`ib.data`) for [`Store::read_message_header`], with
-/// the limit as its (first) parameter: up to and including the first CRLF CRLF, at most the limit.
-macro_rules! header_prefix {
-    () => {
-        "substr(ib.data, 1, min(?, \
-         CASE WHEN instr(ib.data, X'0D0A0D0A') > 0 THEN instr(ib.data, X'0D0A0D0A') + 3 \
-         ELSE length(ib.data) END))"
-    };
 }
 
 /// Validates a mailbox name and spells INBOX canonically.
@@ -409,19 +380,6 @@ fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AccountInfo> {
         display_name: row.try_get("display_name")?,
         quota_bytes: int(row.try_get("quota_bytes")?)?,
         used_bytes: int(row.try_get("used_bytes")?)?,
-    })
-}
-
-fn mailbox_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<MailboxInfo> {
-    let special: Option<&str> = row.try_get("special_use")?;
-    Ok(MailboxInfo {
-        id: MailboxId(row.try_get("id")?),
-        name: row.try_get("name")?,
-        special_use: special.and_then(SpecialUse::from_attribute),
-        uid_validity: UidValidity(int(row.try_get("uidvalidity")?)?),
-        uid_next: Uid(int(row.try_get("uidnext")?)?),
-        highest_modseq: ModSeq(int(row.try_get("highestmodseq")?)?),
-        subscribed: row.try_get("subscribed")?,
     })
 }
 
@@ -643,31 +601,8 @@ impl Store for SqliteStore {
 
     async fn authenticate(&self, login: &str, password: &str) -> Result<Option<AccountInfo>> {
         let login = login.trim();
-        let row = if login.contains('@') {
-            match Address::parse(login) {
-                Ok(address) => sqlx::query(
-                    "SELECT id, address, display_name, quota_bytes, used_bytes, password_hash FROM accounts WHERE address = ?",
-                )
-                .bind(address.to_string())
-                .fetch_optional(&self.pool)
-                .await?,
-                Err(_) => None,
-            }
-        } else {
-            let mut rows = sqlx::query(
-                "SELECT id, address, display_name, quota_bytes, used_bytes, password_hash FROM accounts WHERE local_part = ? LIMIT 2",
-            )
-            .bind(login.to_lowercase())
-            .fetch_all(&self.pool)
-            .await?;
-            // A bare local part is only unambiguous when exactly one domain has it.
-            if rows.len() == 1 { rows.pop() } else { None }
-        };
-        let (account, hash) = match &row {
-            Some(r) => (
-                Some(account_from_row(r)?),
-                r.try_get::<String, _>("password_hash")?,
-            ),
+        let (account, hash) = match self.read_login(login).await? {
+            Some((account, hash)) => (Some(account), hash),
             None => (None, dummy_hash().to_string()),
         };
         // A recent success with this very password and stored hash: skip Argon2id
@@ -837,27 +772,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_mailboxes(&self, account: AccountId) -> Result<Vec<MailboxInfo>> {
-        let rows = sqlx::query(
-            "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM mailboxes WHERE account_id = ? ORDER BY name",
-        )
-        .bind(account.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mailbox_from_row).collect()
+        self.read_mailboxes(account).await
     }
 
     async fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<MailboxInfo>> {
-        let Ok(name) = normalize_mailbox_name(name) else {
-            return Ok(None);
-        };
-        let row = sqlx::query(
-            "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed FROM mailboxes WHERE account_id = ? AND name = ?",
-        )
-        .bind(account.0)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(mailbox_from_row).transpose()
+        self.read_mailbox(account, name).await
     }
 
     async fn mailbox_status(
@@ -865,26 +784,7 @@ impl Store for SqliteStore {
         account: AccountId,
         mailbox: MailboxId,
     ) -> Result<MailboxStatus> {
-        let row = sqlx::query(
-            "SELECT b.uidvalidity, b.uidnext, b.highestmodseq, \
-                    (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id), \
-                    (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id AND (mm.flags & 1) = 0), \
-                    (SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = b.id) \
-             FROM mailboxes b WHERE b.id = ? AND b.account_id = ?",
-        )
-        .bind(mailbox.0)
-        .bind(account.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound("no such mailbox".into()))?;
-        Ok(MailboxStatus {
-            uid_validity: UidValidity(int(row.try_get(0)?)?),
-            uid_next: Uid(int(row.try_get(1)?)?),
-            highest_modseq: ModSeq(int(row.try_get(2)?)?),
-            messages: int(row.try_get(3)?)?,
-            unseen: int(row.try_get(4)?)?,
-            size: int(row.try_get(5)?)?,
-        })
+        self.read_mailbox_status(account, mailbox).await
     }
 
     async fn create_mailbox(
@@ -986,28 +886,7 @@ impl Store for SqliteStore {
     }
 
     async fn messages(&self, account: AccountId, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
-        let rows = sqlx::query(
-            "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
-             FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
-             WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid",
-        )
-        .bind(mailbox.0)
-        .bind(account.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MessageMeta {
-                    uid: Uid(int(r.try_get(0)?)?),
-                    message: MessageId(r.try_get(1)?),
-                    size: int(r.try_get(2)?)?,
-                    internal_date: r.try_get(3)?,
-                    tz_offset_minutes: r.try_get(4)?,
-                    flags: Flags::from_stored(r.try_get(5)?, r.try_get::<&str, _>(6)?),
-                    modseq: ModSeq(int(r.try_get(7)?)?),
-                })
-            })
-            .collect()
+        self.read_messages(account, mailbox).await
     }
 
     async fn message_flags(
@@ -1015,36 +894,11 @@ impl Store for SqliteStore {
         account: AccountId,
         mailbox: MailboxId,
     ) -> Result<Vec<crate::MessageFlags>> {
-        let rows = sqlx::query(
-            "SELECT mm.uid, mm.message_id, mm.flags, mm.keywords, mm.modseq \
-             FROM mailbox_messages mm JOIN mailboxes b ON b.id = mm.mailbox_id \
-             WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid",
-        )
-        .bind(mailbox.0)
-        .bind(account.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(crate::MessageFlags {
-                    uid: Uid(int(r.try_get(0)?)?),
-                    message: MessageId(r.try_get(1)?),
-                    flags: Flags::from_stored(r.try_get(2)?, r.try_get::<&str, _>(3)?),
-                    modseq: ModSeq(int(r.try_get(4)?)?),
-                })
-            })
-            .collect()
+        self.read_message_flags(account, mailbox).await
     }
 
     async fn read_message(&self, account: AccountId, message: MessageId) -> Result<Vec<u8>> {
-        let hash: String =
-            sqlx::query_scalar("SELECT blob_hash FROM messages WHERE id = ? AND account_id = ?")
-                .bind(message.0)
-                .bind(account.0)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
-        self.read_body(&hash).await
+        self.read_message_body(account, message).await
     }
 
     async fn read_message_header(
@@ -1053,26 +907,7 @@ impl Store for SqliteStore {
         message: MessageId,
         max: usize,
     ) -> Result<Vec<u8>> {
-        let row = sqlx::query(concat!(
-            "SELECT m.blob_hash, ",
-            header_prefix!(),
-            " FROM messages m LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash \
-             WHERE m.id = ? AND m.account_id = ?"
-        ))
-        .bind(db_u64(max as u64)?)
-        .bind(message.0)
-        .bind(account.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound("no such message".into()))?;
-        let hash: String = row.try_get(0)?;
-        match row.try_get::<Option<Vec<u8>>, _>(1)? {
-            Some(data) => Ok(data),
-            None => {
-                let mut files = self.read_header_files(vec![hash], max).await?;
-                Ok(files.pop().unwrap_or_default())
-            }
-        }
+        self.read_header(account, message, max).await
     }
 
     async fn message_headers(
@@ -1083,41 +918,7 @@ impl Store for SqliteStore {
         last: Uid,
         max: usize,
     ) -> Result<Vec<(Uid, Vec<u8>)>> {
-        let rows = sqlx::query(concat!(
-            "SELECT mm.uid, m.blob_hash, ",
-            header_prefix!(),
-            " FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id \
-             JOIN mailboxes b ON b.id = mm.mailbox_id \
-             LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash \
-             WHERE mm.mailbox_id = ? AND b.account_id = ? AND mm.uid BETWEEN ? AND ? ORDER BY mm.uid"
-        ))
-        .bind(db_u64(max as u64)?)
-        .bind(mailbox.0)
-        .bind(account.0)
-        .bind(i64::from(first.0))
-        .bind(i64::from(last.0))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut from_files = Vec::new();
-        for r in &rows {
-            let uid = Uid(int(r.try_get(0)?)?);
-            match r.try_get::<Option<Vec<u8>>, _>(2)? {
-                Some(data) => out.push((uid, data)),
-                None => {
-                    from_files.push((out.len(), r.try_get::<String, _>(1)?));
-                    out.push((uid, Vec::new()));
-                }
-            }
-        }
-        if !from_files.is_empty() {
-            let hashes = from_files.iter().map(|(_, h)| h.clone()).collect();
-            let heads = self.read_header_files(hashes, max).await?;
-            for ((i, _), head) in from_files.into_iter().zip(heads) {
-                out[i].1 = head;
-            }
-        }
-        Ok(out)
+        self.read_headers(account, mailbox, first, last, max).await
     }
 
     async fn message_bodies(
@@ -1325,16 +1126,7 @@ impl Store for SqliteStore {
         mailbox: MailboxId,
         modseq: ModSeq,
     ) -> Result<Vec<Uid>> {
-        let uids: Vec<i64> = sqlx::query_scalar(
-            "SELECT e.uid FROM expunged e JOIN mailboxes b ON b.id = e.mailbox_id \
-             WHERE e.mailbox_id = ? AND b.account_id = ? AND e.modseq > ? ORDER BY e.uid",
-        )
-        .bind(mailbox.0)
-        .bind(account.0)
-        .bind(db_u64(modseq.0)?)
-        .fetch_all(&self.pool)
-        .await?;
-        uids.into_iter().map(|u| Ok(Uid(int(u)?))).collect()
+        self.read_expunged_since(account, mailbox, modseq).await
     }
 
     async fn messages_changed_since(
@@ -1343,29 +1135,7 @@ impl Store for SqliteStore {
         mailbox: MailboxId,
         modseq: ModSeq,
     ) -> Result<Vec<MessageMeta>> {
-        let rows = sqlx::query(
-            "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
-             FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
-             WHERE mm.mailbox_id = ? AND b.account_id = ? AND mm.modseq > ? ORDER BY mm.uid",
-        )
-        .bind(mailbox.0)
-        .bind(account.0)
-        .bind(db_u64(modseq.0)?)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MessageMeta {
-                    uid: Uid(int(r.try_get(0)?)?),
-                    message: MessageId(r.try_get(1)?),
-                    size: int(r.try_get(2)?)?,
-                    internal_date: r.try_get(3)?,
-                    tz_offset_minutes: r.try_get(4)?,
-                    flags: Flags::from_stored(r.try_get(5)?, r.try_get::<&str, _>(6)?),
-                    modseq: ModSeq(int(r.try_get(7)?)?),
-                })
-            })
-            .collect()
+        self.read_changed_since(account, mailbox, modseq).await
     }
 }
 

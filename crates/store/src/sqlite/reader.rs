@@ -1,18 +1,30 @@
-//! Synchronous point lookups for the SMTP hot path (is a domain hosted, who receives an
-//! address, is that account over quota), run on the calling task's thread through a few
-//! rusqlite connections.
+//! Synchronous reads through a few rusqlite connections: the SMTP hot path's point lookups
+//! (is a domain hosted, who receives an address, is that account over quota) and the mailbox
+//! reads IMAP and POP3 make on every command ([`read_ops`](super::read_ops)).
 //!
 //! Why not sqlx's pool: sqlx-sqlite sends each statement to a worker thread and waits for the
 //! answer, two thread hand-offs per statement; every RCPT made three, which cost more than
-//! the lookups. These lookups read one or two rows through a unique index (microseconds),
-//! and in WAL mode a reader never waits for the writer, so running them inline does not
-//! stall the runtime. Each statement runs in autocommit, so no read transaction outlives it
-//! (a lingering one would hold WAL checkpoints back), and each sees the latest commit,
-//! including the CLI's changes from another process.
+//! the lookups, and an IMAP session spent a fifth of its CPU in sqlx's worker and the
+//! hand-offs. Point lookups read one or two rows through a unique index (microseconds), and
+//! in WAL mode a reader never waits for the writer, so they run inline on the calling task's
+//! thread without stalling the runtime.
+//!
+//! Reads whose size the caller cannot bound (a whole mailbox, everything changed since a
+//! MODSEQ) run through [`Lookups::read`]: inline with a budget of SQLite VM steps (about a
+//! millisecond); a statement that runs out of budget is interrupted and the whole read is
+//! done again on tokio's blocking pool, so a runtime worker is never held for tens of
+//! milliseconds. [`Lookups::blocking`] goes there directly (reads of many bodies).
+//!
+//! Each statement runs in autocommit, so no read transaction outlives it (a lingering one
+//! would hold WAL checkpoints back and would serve stale rows), and each sees the latest
+//! commit, including the CLI's changes from another process. A read that must be
+//! consistent across rows is one statement.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -21,16 +33,37 @@ use crate::AccountInfo;
 use crate::error::{Result, StoreError};
 use crate::types::{AccountId, Address, Domain};
 
-/// Idle connections kept for reuse (about one per runtime worker).
-const KEEP: usize = 4;
+/// How long a scan that ran out of its inline budget goes to the blocking pool directly.
+const LARGE_FOR: Duration = Duration::from_secs(60);
+/// Scans remembered as large at most (the memory is forgotten past that).
+const LARGE_MAX: usize = 4096;
+
+/// Reads running on the blocking pool at once (as many as sqlx's pool had connections): bounds
+/// the connections, threads and page caches a burst of large reads can take.
+const BLOCKING_READS: usize = 4;
+/// Idle connections kept for reuse (about one per runtime worker, plus the blocking reads).
+const KEEP: usize = 8;
 /// Longest a lookup waits on a lock (in WAL mode only while the WAL index is rebuilt).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite VM steps a statement may take inline before its read is moved to the blocking
+/// pool: about a millisecond (a mailbox scan costs ~8 steps and ~200 ns per row here).
+pub(super) const INLINE_STEPS: i32 = 40_000;
 
 /// A small set of read-only connections, taken for one lookup at a time.
 #[derive(Debug)]
 pub(super) struct Lookups {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// [`INLINE_STEPS`], lowered by tests to force the blocking path.
+    inline_steps: AtomicI32,
+    /// Reads that ran out of their inline budget and were moved to the blocking pool.
+    moved: AtomicU64,
+    /// [`BLOCKING_READS`] permits.
+    blocking_slots: tokio::sync::Semaphore,
+    /// Scans (kind, mailbox) that lately ran out of the inline budget, and when: the next one
+    /// goes to the blocking pool without wasting a budget first.
+    large: Mutex<HashMap<(&'static str, i64), Instant>>,
 }
 
 impl Lookups {
@@ -38,7 +71,116 @@ impl Lookups {
         Lookups {
             path: db.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            inline_steps: AtomicI32::new(INLINE_STEPS),
+            moved: AtomicU64::new(0),
+            blocking_slots: tokio::sync::Semaphore::new(BLOCKING_READS),
+            large: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many reads were moved to the blocking pool so far.
+    #[cfg(test)]
+    pub(super) fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// Sets the inline budget (tests: 1 moves every read to the blocking pool).
+    #[cfg(test)]
+    pub(super) fn set_inline_steps(&self, steps: i32) {
+        self.inline_steps.store(steps, Ordering::Relaxed);
+    }
+
+    /// Runs `f` inline with a budget of [`INLINE_STEPS`] VM steps per statement; when a
+    /// statement runs out of it, runs `f` again, whole and without a budget, on the blocking
+    /// pool (`f` only reads, so the interrupted attempt left nothing behind).
+    pub(super) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
+        match self.inline(&f) {
+            Some(result) => result,
+            None => self.blocking(f).await,
+        }
+    }
+
+    /// [`Lookups::read`] for a scan whose size depends on the data (`scan`: what kind of
+    /// read, and of which mailbox): once such a scan ran out of the inline budget it goes to
+    /// the blocking pool directly for [`LARGE_FOR`] (a large mailbox or expunge log stays
+    /// large; without this every read of it would first waste its budget).
+    pub(super) async fn read_scan<T, F>(
+        self: &Arc<Self>,
+        scan: (&'static str, i64),
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
+        let known_large = self
+            .large
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&scan)
+            .is_some_and(|since| since.elapsed() < LARGE_FOR);
+        if !known_large && let Some(result) = self.inline(&f) {
+            return result;
+        }
+        if !known_large {
+            let mut large = self.large.lock().unwrap_or_else(PoisonError::into_inner);
+            if large.len() >= LARGE_MAX {
+                large.clear();
+            }
+            large.insert(scan, Instant::now());
+        }
+        self.blocking(f).await
+    }
+
+    /// Runs `f` inline within the budget; `None` when a statement ran out of it.
+    fn inline<T>(&self, f: &impl Fn(&Connection) -> Result<T>) -> Option<Result<T>> {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        let result = self.with(|conn| {
+            conn.progress_handler(
+                self.inline_steps.load(Ordering::Relaxed),
+                Some(move || {
+                    flag.store(true, Ordering::Relaxed);
+                    true
+                }),
+            )?;
+            let result = f(conn);
+            conn.progress_handler(0, None::<fn() -> bool>)?;
+            result
+        });
+        if interrupted.load(Ordering::Relaxed) {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(result)
+    }
+
+    /// Runs `f` on a pooled connection on tokio's blocking pool (large reads), at most
+    /// [`BLOCKING_READS`] at once.
+    pub(super) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .blocking_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.with(|conn| {
+                // No budget here (`inline` removes its own, this is in case that failed).
+                conn.progress_handler(0, None::<fn() -> bool>)?;
+                f(conn)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader task: {e}")))?
     }
 
     /// Runs `f` on an idle connection (opening one if none is idle) and keeps it for reuse.
