@@ -68,6 +68,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0006_acme.sql"),
     include_str!("../migrations/sqlite/0007_no_blob_hash_index.sql"),
     include_str!("../migrations/sqlite/0008_uidvalidity.sql"),
+    include_str!("../migrations/sqlite/0009_expunged_modseq.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).

@@ -48,13 +48,15 @@ const STATUS: &str = "SELECT b.uidvalidity, b.uidnext, b.highestmodseq, \
 const MESSAGES: &str = "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
      FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
      WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid";
+// CHANGED_SINCE and EXPUNGED_SINCE name their MODSEQ index (schema 9): without statistics
+// SQLite prefers the primary key, which is in UID order, and steps the whole mailbox.
 const CHANGED_SINCE: &str = "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
-     FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
+     FROM mailbox_messages mm INDEXED BY mailbox_messages_modseq JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
      WHERE mm.mailbox_id = ? AND b.account_id = ? AND mm.modseq > ? ORDER BY mm.uid";
 const FLAGS: &str = "SELECT mm.uid, mm.message_id, mm.flags, mm.keywords, mm.modseq \
      FROM mailbox_messages mm JOIN mailboxes b ON b.id = mm.mailbox_id \
      WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid";
-const EXPUNGED_SINCE: &str = "SELECT e.uid FROM expunged e JOIN mailboxes b ON b.id = e.mailbox_id \
+const EXPUNGED_SINCE: &str = "SELECT e.uid FROM expunged e INDEXED BY expunged_modseq JOIN mailboxes b ON b.id = e.mailbox_id \
      WHERE e.mailbox_id = ? AND b.account_id = ? AND e.modseq > ? ORDER BY e.uid";
 const BODY: &str = "SELECT m.blob_hash, ib.data FROM messages m \
      LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash WHERE m.id = ? AND m.account_id = ?";
