@@ -191,6 +191,50 @@ pub fn unfold(value: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The raw values of every field called `name` (case-insensitive), in order: what
+/// [`fields`] gives for that name, without splitting the other fields (SEARCH runs this over
+/// every message of a mailbox).
+pub fn field_values<'a>(header: &'a [u8], name: &str) -> Vec<&'a [u8]> {
+    let name = name.as_bytes();
+    let mut out = Vec::new();
+    if name.contains(&b':') || name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+        // No field name has a colon or trailing white space (see `fields`).
+        return out;
+    }
+    // The matching field being read: (value start, end).
+    let mut current: Option<(usize, usize)> = None;
+    let mut start = 0;
+    while start < header.len() {
+        let end = memchr::memchr(b'\n', &header[start..]).map_or(header.len(), |p| start + p + 1);
+        let l = &header[start..end];
+        if l == b"\r\n" || l == b"\n" {
+            break;
+        }
+        if l.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            if let Some(c) = current.as_mut() {
+                c.1 = end;
+            }
+        } else {
+            out.extend(current.take().map(|(v, e)| &header[v..e]));
+            // As in `fields`: the name is what precedes the first colon, less trailing
+            // white space.
+            if l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) {
+                let rest = &l[name.len()..];
+                let pad = rest
+                    .iter()
+                    .take_while(|&&b| b == b' ' || b == b'\t')
+                    .count();
+                if rest.get(pad) == Some(&b':') {
+                    current = Some((start + name.len() + pad + 1, end));
+                }
+            }
+        }
+        start = end;
+    }
+    out.extend(current.map(|(v, e)| &header[v..e]));
+    out
+}
+
 /// The first field named `name` (case-insensitive), unfolded.
 pub fn header_value(header: &[u8], name: &str) -> Option<Vec<u8>> {
     fields(header)
@@ -245,10 +289,7 @@ struct Bound {
 
 /// The offset just past the line that starts at `p`.
 fn line_end(b: &[u8], p: usize) -> usize {
-    b[p..]
-        .iter()
-        .position(|&c| c == b'\n')
-        .map_or(b.len(), |i| p + i + 1)
+    memchr::memchr(b'\n', &b[p..]).map_or(b.len(), |i| p + i + 1)
 }
 
 /// Length of the line break that ends just before `p` (which follows a `\n`).
@@ -1668,6 +1709,46 @@ pub fn decode_qp(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `field_values` finds exactly what `fields` finds for each name.
+    #[test]
+    fn field_values_agree_with_fields() {
+        let headers: &[&[u8]] = &[
+            b"Subject: one\r\nsubject : two\r\n continued\r\nX-Subject: no\r\n\r\nSubject: body\r\n",
+            b"From: a\n\tfolded\nSubj ect: spaced\n:empty name\nno colon line\nTo: b",
+            b" leading continuation\r\nSubject:\r\nSubject:x\r\n",
+            b"SUBJECT\t: tabbed\r\nSubjectX: other\r\n",
+            b"",
+        ];
+        let names = [
+            "Subject",
+            "subject",
+            "From",
+            "To",
+            "Subj ect",
+            "",
+            "X-Subject",
+            "Subject ",
+            "a:b",
+            "SubjectX",
+            "nope",
+        ];
+        for h in headers {
+            for name in names {
+                let want: Vec<&[u8]> = fields(h)
+                    .into_iter()
+                    .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|f| f.value)
+                    .collect();
+                assert_eq!(
+                    field_values(h, name),
+                    want,
+                    "{name:?} in {:?}",
+                    String::from_utf8_lossy(h)
+                );
+            }
+        }
+    }
 
     fn env(h: &str) -> String {
         let mut out = Vec::new();

@@ -105,12 +105,15 @@ fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
     let Some((&first, rest)) = needle.split_first() else {
         return true;
     };
-    let first = first.to_ascii_lowercase();
-    hay.len() >= needle.len()
-        && (0..=hay.len() - needle.len()).any(|i| {
-            hay[i].to_ascii_lowercase() == first
-                && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest)
-        })
+    let Some(last_start) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    memchr::memchr2_iter(
+        first.to_ascii_lowercase(),
+        first.to_ascii_uppercase(),
+        &hay[..=last_start],
+    )
+    .any(|i| hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
 }
 
 fn date_cmp(cmp: DateCmp, day: i64, want: i64) -> bool {
@@ -134,25 +137,22 @@ fn decode_header(value: &[u8]) -> String {
 }
 
 fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
-    let header_end = header_len(raw);
-    let header = &raw[..header_end];
-    for f in mime::fields(header) {
-        if f.name.eq_ignore_ascii_case(name.as_bytes()) {
-            // RFC 3501: HEADER with an empty string matches every message with the field.
-            if needle.is_empty() {
-                return true;
-            }
-            let unfolded = mime::unfold(f.value);
-            let raw_text = String::from_utf8_lossy(&unfolded);
-            if contains_ci(&raw_text, needle) {
-                return true;
-            }
-            // Decoding only changes a value with an RFC 2047 word or 8-bit bytes; otherwise
-            // it just trims the unfolded text, which the test above already covered.
-            let plain = unfolded.is_ascii() && !unfolded.windows(2).any(|w| w == b"=?");
-            if !plain && contains_ci(&decode_header(&unfolded), needle) {
-                return true;
-            }
+    // `field_values` stops at the end of the header block.
+    for value in mime::field_values(raw, name) {
+        // RFC 3501: HEADER with an empty string matches every message with the field.
+        if needle.is_empty() {
+            return true;
+        }
+        let unfolded = mime::unfold(value);
+        let raw_text = String::from_utf8_lossy(&unfolded);
+        if contains_ci(&raw_text, needle) {
+            return true;
+        }
+        // Decoding only changes a value with an RFC 2047 word or 8-bit bytes; otherwise it
+        // just trims the unfolded text, which the test above already covered.
+        let plain = unfolded.is_ascii() && !unfolded.windows(2).any(|w| w == b"=?");
+        if !plain && contains_ci(&decode_header(&unfolded), needle) {
+            return true;
         }
     }
     false
