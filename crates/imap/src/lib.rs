@@ -133,12 +133,24 @@ impl ImapServer {
     }
 
     /// Claims the messages up to `max_uid` as seen; returns the previous claim (messages
-    /// above it are \Recent for the caller). With `claim == false` only reads.
-    pub(crate) fn claim_recent(&self, mailbox: store::MailboxId, max_uid: u32, claim: bool) -> u32 {
+    /// above it are \Recent for the caller). With `claim == false` only reads. `stored` is
+    /// the claim the store holds ([`store::MailboxInfo::recent_uid`]: what sessions wrote
+    /// when they left the mailbox, before a restart too); the claim is never below it.
+    pub(crate) fn claim_recent(
+        &self,
+        mailbox: store::MailboxId,
+        max_uid: u32,
+        claim: bool,
+        stored: u32,
+    ) -> u32 {
         let mut map = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = map.entry(mailbox).or_insert(0);
+        if !claim {
+            return map.get(&mailbox).copied().unwrap_or(0).max(stored);
+        }
+        let entry = map.entry(mailbox).or_insert(stored);
+        *entry = (*entry).max(stored);
         let prev = *entry;
-        if claim && max_uid > prev {
+        if max_uid > prev {
             *entry = max_uid;
         }
         prev

@@ -113,6 +113,9 @@ struct Selected {
     /// `size`, `date` and `tz` of `msgs` are filled in (SELECT leaves them out; messages
     /// added later always have them).
     details: bool,
+    /// The highest UID this session claimed as \Recent here (0: none), written to the store
+    /// when it leaves the mailbox (`leave_mailbox`).
+    recent_claim: u32,
 }
 
 /// What reading a command produced.
@@ -180,9 +183,35 @@ pub(crate) async fn run(server: &ImapServer, conn: Connection) {
     }
     let _ = s.flush().await;
     s.conn.close().await;
+    // After the client has its last answer: nothing waits for this.
+    s.leave_mailbox().await;
 }
 
 impl Session<'_> {
+    /// Deselects the mailbox, writing this session's \Recent claim to the store, so a later
+    /// session (also after a restart) does not see those messages as \Recent again (RFC 3501
+    /// §2.3.2). A failure to write is logged, not reported: the client asked for something
+    /// else, and the cost is only that some messages may show \Recent once more.
+    async fn leave_mailbox(&mut self) {
+        let Some(sel) = self.selected.take() else {
+            return;
+        };
+        if sel.recent_claim == 0 {
+            return;
+        }
+        let Some(account) = self.account.as_ref().map(|a| a.id) else {
+            return;
+        };
+        if let Err(e) = self
+            .server
+            .store
+            .set_recent_uid(account, sel.id, Uid(sel.recent_claim))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record which messages were \\Recent");
+        }
+    }
+
     fn untagged(&mut self, text: &str) {
         self.out.extend_from_slice(b"* ");
         self.out.extend_from_slice(text.as_bytes());
@@ -731,7 +760,7 @@ impl Session<'_> {
             self.untagged("OK [CLOSED] Previous mailbox closed");
         }
         // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
-        self.selected = None;
+        self.leave_mailbox().await;
         self.state = State::Authenticated;
         if condstore {
             // RFC 7162 §3.1.8: SELECT (CONDSTORE) is a CONDSTORE-enabling command.
@@ -743,7 +772,14 @@ impl Session<'_> {
         };
         let snapshot = self.mailbox_index(&info).await?;
         let max_uid = snapshot.msgs.last().map_or(0, |m| m.uid);
-        let claimed = self.server.claim_recent(info.id, max_uid, !examine);
+        let claimed = self
+            .server
+            .claim_recent(info.id, max_uid, !examine, info.recent_uid.0);
+        let recent_claim = if !examine && max_uid > claimed {
+            max_uid
+        } else {
+            0
+        };
         let mut msgs = snapshot.msgs.clone();
         drop(snapshot);
         if claimed < max_uid {
@@ -799,6 +835,7 @@ impl Session<'_> {
             keywords,
             highest_modseq,
             details: false,
+            recent_claim,
         });
         self.state = State::Selected;
         if let Some(q) = qresync
@@ -971,7 +1008,7 @@ impl Session<'_> {
             ));
         }
         if self.selected.as_ref().is_some_and(|s| s.name == name) {
-            self.selected = None;
+            self.leave_mailbox().await;
             self.state = State::Authenticated;
         }
         store.delete_mailbox(account, &name).await?;
@@ -1178,7 +1215,7 @@ impl Session<'_> {
                 StatusItem::Size => st.size,
                 StatusItem::HighestModSeq => st.highest_modseq.0,
                 StatusItem::Recent => {
-                    let claimed = self.server.claim_recent(id, 0, false);
+                    let claimed = self.server.claim_recent(id, 0, false, st.recent_uid.0);
                     let n = if st.uid_next.0.saturating_sub(1) <= claimed {
                         0
                     } else {
@@ -1394,6 +1431,7 @@ impl Session<'_> {
                 .mailbox(account, &sel.name)
                 .await?
                 .filter(|i| i.id == sel_id);
+            let stored_recent = info.as_ref().map_or(0, |i| i.recent_uid.0);
             let (hms, changes, gone) = match info {
                 // RFC 7162: only what changed since the last sync (new, flags, expunged),
                 // taken from the shared mailbox index brought up to `info` (one session
@@ -1443,7 +1481,8 @@ impl Session<'_> {
             };
             let max_fresh = changes.last().map_or(0, |m| m.uid.0);
             let claimed = if max_fresh > max_known {
-                self.server.claim_recent(sel_id, max_fresh, !read_only)
+                self.server
+                    .claim_recent(sel_id, max_fresh, !read_only, stored_recent)
             } else {
                 u32::MAX
             };
@@ -1451,6 +1490,9 @@ impl Session<'_> {
             let Some(sel) = self.selected.as_mut() else {
                 return Ok(());
             };
+            if !read_only && max_fresh > claimed {
+                sel.recent_claim = sel.recent_claim.max(max_fresh);
+            }
             sel.dirty = false;
             sel.highest_modseq = sel.highest_modseq.max(hms);
             for uid in gone {
@@ -1682,17 +1724,16 @@ impl Session<'_> {
 
     async fn cmd_close(&mut self, expunge: bool) -> CmdResult {
         self.need_selected()?;
-        if let Some(sel) = self.selected.take()
+        if let Some(sel) = self.selected.as_ref()
             && expunge
             && !sel.read_only
         {
             // RFC 3501 §6.4.2: expunge silently.
             let account = self.account_id()?;
-            self.server
-                .store
-                .expunge(account, sel.id, None, false)
-                .await?;
+            let id = sel.id;
+            self.server.store.expunge(account, id, None, false).await?;
         }
+        self.leave_mailbox().await;
         self.state = State::Authenticated;
         Ok(if expunge {
             "CLOSE completed"

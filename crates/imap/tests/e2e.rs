@@ -722,3 +722,105 @@ async fn fetch_failing_part_way_sends_no_partial_line() {
     a.send(b"n NOOP\r\n").await;
     assert!(a.until("n").await.last().unwrap().starts_with("n OK"));
 }
+
+/// A plaintext IMAP server over `store` with its own in-memory state, as a restarted
+/// process would have.
+async fn plain_instance(store: Arc<dyn Store>, shutdown: &Shutdown) -> SocketAddr {
+    let server = Arc::new(ImapServer::new(
+        store,
+        Arc::new(LoginThrottle::new(ThrottleConfig::disabled())),
+        ImapConfig {
+            allow_plaintext_auth: true,
+            ..ImapConfig::default()
+        },
+    ));
+    let spec = ListenerSpec::new("imap", "127.0.0.1:0".parse().unwrap(), TlsMode::None);
+    let listener = net::bind(&spec).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(net::serve(listener, spec, None, server, shutdown.clone()));
+    addr
+}
+
+/// SELECT Recent; the RECENT count of the answer.
+async fn select_recent(c: &mut Raw, tag: &str) -> u32 {
+    c.send(format!("{tag} SELECT Recent\r\n").as_bytes()).await;
+    let lines = c.until(tag).await;
+    assert!(lines.last().unwrap().contains("OK"), "{lines:?}");
+    lines
+        .iter()
+        .find_map(|l| {
+            l.strip_suffix(" RECENT\r\n")?
+                .strip_prefix("* ")?
+                .parse()
+                .ok()
+        })
+        .expect("RECENT in the SELECT answer")
+}
+
+/// APPENDs message `n` to Recent.
+async fn append_recent(c: &mut Raw, n: u32) {
+    let msg = format!("From: a@example.test\r\nSubject: {n}\r\n\r\nbody {n}\r\n");
+    c.send(format!("p APPEND Recent {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    assert!(c.until("p").await.last().unwrap().contains("APPENDUID"));
+}
+
+/// RFC 3501 §2.3.2: a message is \Recent only for the first read-write session told about
+/// it, also across a restart of the server (a new instance on the same store).
+#[tokio::test]
+async fn recent_is_not_shown_again_after_a_restart() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    a.send(b"c CREATE Recent\r\n").await;
+    a.until("c").await;
+    for n in 1..=3 {
+        append_recent(&mut a, n).await;
+    }
+    let recent = select_recent(&mut a, "s").await;
+    assert_eq!(recent, 3);
+    a.send(b"x CLOSE\r\n").await;
+    assert!(a.until("x").await.last().unwrap().starts_with("x OK"));
+
+    // A new server instance (nothing in memory) on the same store.
+    let dir = s._dir.path().join("data");
+    let store: Arc<dyn Store> = SqliteStore::open(&dir).await.unwrap();
+    let shutdown = Shutdown::new();
+    let addr = plain_instance(store.clone(), &shutdown).await;
+    let login = |addr| async move {
+        let mut c = Raw::connect(addr).await;
+        c.send(format!("l LOGIN {USER} \"{PASS}\"\r\n").as_bytes())
+            .await;
+        assert!(c.until("l").await.last().unwrap().starts_with("l OK"));
+        c
+    };
+    let mut b = login(addr).await;
+    assert_eq!(
+        select_recent(&mut b, "s").await,
+        0,
+        "seen before the restart"
+    );
+    let mut d = login(addr).await;
+    append_recent(&mut d, 4).await;
+    // B is told about the new message (EXISTS at NOOP) and is the first to see it.
+    b.send(b"n NOOP\r\n").await;
+    b.until("n").await;
+    b.send(b"f UID FETCH 1:* (FLAGS)\r\n").await;
+    let flags = b.until("f").await;
+    let recent: Vec<&String> = flags.iter().filter(|l| l.contains("\\Recent")).collect();
+    assert_eq!(recent.len(), 1, "{flags:?}");
+    assert!(recent[0].contains("UID 4 "), "{flags:?}");
+    b.send(b"x UNSELECT\r\n").await;
+    assert!(b.until("x").await.last().unwrap().starts_with("x OK"));
+
+    // Another restart: nothing is \Recent, also for STATUS.
+    let addr = plain_instance(store, &shutdown).await;
+    let mut e = login(addr).await;
+    e.send(b"t STATUS Recent (RECENT MESSAGES)\r\n").await;
+    let status = e.until("t").await;
+    assert!(
+        status[0].contains("RECENT 0") && status[0].contains("MESSAGES 4"),
+        "{status:?}"
+    );
+    assert_eq!(select_recent(&mut e, "s").await, 0);
+    shutdown.trigger();
+}

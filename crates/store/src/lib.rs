@@ -121,6 +121,9 @@ pub struct MailboxInfo {
     pub highest_modseq: ModSeq,
     /// Whether the mailbox is subscribed.
     pub subscribed: bool,
+    /// The highest UID a read-write session has been told about as `\Recent` (RFC 3501
+    /// §2.3.2): messages above it are `\Recent` for the next such session.
+    pub recent_uid: Uid,
 }
 
 /// Counts for IMAP STATUS.
@@ -138,6 +141,8 @@ pub struct MailboxStatus {
     pub uid_validity: UidValidity,
     /// HIGHESTMODSEQ.
     pub highest_modseq: ModSeq,
+    /// As [`MailboxInfo::recent_uid`].
+    pub recent_uid: Uid,
 }
 
 /// One message as listed in a mailbox.
@@ -341,6 +346,9 @@ pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
     async fn rename_mailbox(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
     /// Sets the subscription flag of a mailbox name.
     async fn set_subscribed(&self, account: AccountId, name: &str, subscribed: bool) -> Result<()>;
+    /// Raises the mailbox's [`MailboxInfo::recent_uid`] to `uid` (never lowers it). A mailbox
+    /// that is gone is not an error.
+    async fn set_recent_uid(&self, account: AccountId, mailbox: MailboxId, uid: Uid) -> Result<()>;
 
     // ---- messages ----
 

@@ -69,6 +69,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0007_no_blob_hash_index.sql"),
     include_str!("../migrations/sqlite/0008_uidvalidity.sql"),
     include_str!("../migrations/sqlite/0009_expunged_modseq.sql"),
+    include_str!("../migrations/sqlite/0010_recent.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -831,6 +832,16 @@ impl Store for SqliteStore {
             account,
             name: name.to_string(),
             subscribed,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_recent_uid(&self, account: AccountId, mailbox: MailboxId, uid: Uid) -> Result<()> {
+        self.submit(Op::SetRecent {
+            account,
+            mailbox,
+            uid,
         })
         .await
         .map(|_| ())

@@ -1028,7 +1028,8 @@ async fn schema_6_database_migrates_and_keeps_uidvalidity_unique() {
              INSERT INTO accounts (id, domain_id, local_part, address, password_hash, created_at)
                  VALUES (1, 1, 'alice', 'alice@example.org', 'x', 0);
              INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, highestmodseq, subscribed)
-                 VALUES (1, 'INBOX', 7, 1, 1, 1), (1, 'Old', {future}, 1, 1, 1);"
+                 VALUES (1, 'INBOX', 7, 1, 1, 1), (1, 'Old', {future}, 1, 1, 1),
+                        (1, 'Full', 8, 5, 1, 1);"
         ))
         .expect("old data");
     }
@@ -1047,4 +1048,37 @@ async fn schema_6_database_migrates_and_keeps_uidvalidity_unique() {
     );
     let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
     assert_eq!(inbox.uid_validity.0, 7, "existing mailboxes keep theirs");
+    // Schema 10: the messages a mailbox held before the upgrade are not \Recent again.
+    let full = store.mailbox(alice, "Full").await.expect("q").expect("m");
+    assert_eq!(full.recent_uid, store::Uid(4));
+    assert_eq!(inbox.recent_uid, store::Uid(0));
+}
+
+/// The stored \Recent claim only grows, only for the owner's mailbox, and survives a reopen.
+#[tokio::test]
+async fn recent_uid_only_grows_and_is_scoped_to_the_account() {
+    let (dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", &hash()).await;
+    let bob = with_user(&*store, "bob@example.org", &hash()).await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    assert_eq!(inbox.recent_uid, store::Uid(0));
+    store
+        .set_recent_uid(alice, inbox.id, store::Uid(7))
+        .await
+        .expect("set");
+    store
+        .set_recent_uid(alice, inbox.id, store::Uid(3))
+        .await
+        .expect("lower");
+    // Bob cannot touch Alice's mailbox (no error: as if it were gone).
+    store
+        .set_recent_uid(bob, inbox.id, store::Uid(50))
+        .await
+        .expect("other account");
+    drop(store);
+    let store = SqliteStore::open(dir.path()).await.expect("reopen");
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    assert_eq!(inbox.recent_uid, store::Uid(7));
+    let status = store.mailbox_status(alice, inbox.id).await.expect("status");
+    assert_eq!(status.recent_uid, store::Uid(7));
 }

@@ -36,14 +36,15 @@ macro_rules! header_prefix {
     };
 }
 
-const MAILBOX_BY_NAME: &str = "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed \
+const MAILBOX_BY_NAME: &str = "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed, recent_uid \
      FROM mailboxes WHERE account_id = ? AND name = ?";
-const MAILBOXES: &str = "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed \
+const MAILBOXES: &str = "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed, recent_uid \
      FROM mailboxes WHERE account_id = ? ORDER BY name";
 const STATUS: &str = "SELECT b.uidvalidity, b.uidnext, b.highestmodseq, \
         (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id), \
         (SELECT COUNT(*) FROM mailbox_messages mm WHERE mm.mailbox_id = b.id AND (mm.flags & 1) = 0), \
-        (SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = b.id) \
+        (SELECT COALESCE(SUM(m.size), 0) FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = b.id), \
+        b.recent_uid \
      FROM mailboxes b WHERE b.id = ? AND b.account_id = ?";
 const MESSAGES: &str = "SELECT mm.uid, mm.message_id, m.size, m.internal_date, m.tz_offset, mm.flags, mm.keywords, mm.modseq \
      FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id JOIN mailboxes b ON b.id = mm.mailbox_id \
@@ -109,6 +110,7 @@ fn mailbox_row(r: &Row<'_>) -> Result<MailboxInfo> {
         uid_next: Uid(int(r.get(4)?)?),
         highest_modseq: ModSeq(int(r.get(5)?)?),
         subscribed: r.get(6)?,
+        recent_uid: Uid(int(r.get(7)?)?),
     })
 }
 
@@ -120,6 +122,7 @@ fn status_row(r: &Row<'_>) -> Result<MailboxStatus> {
         messages: int(r.get(3)?)?,
         unseen: int(r.get(4)?)?,
         size: int(r.get(5)?)?,
+        recent_uid: Uid(int(r.get(6)?)?),
     })
 }
 

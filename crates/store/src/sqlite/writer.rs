@@ -131,6 +131,11 @@ pub(super) enum Op {
         name: String,
         subscribed: bool,
     },
+    SetRecent {
+        account: AccountId,
+        mailbox: MailboxId,
+        uid: Uid,
+    },
     Enqueue {
         blob: PendingBlob,
         message: QueuedMessage,
@@ -530,6 +535,18 @@ fn apply(conn: &Connection, op: Op, events: &mut Events) -> Result<Output> {
                 return Err(StoreError::NotFound(format!("no mailbox {name}")));
             }
             events.push((account, Change::MailboxesChanged));
+            Ok(Output::Done)
+        }
+        Op::SetRecent {
+            account,
+            mailbox,
+            uid,
+        } => {
+            // No change event: \Recent is not something other sessions are told about.
+            conn.prepare_cached(
+                "UPDATE mailboxes SET recent_uid = MAX(recent_uid, ?) WHERE id = ? AND account_id = ?",
+            )?
+            .execute(params![i64::from(uid.0), mailbox.0, account.0])?;
             Ok(Output::Done)
         }
         Op::Enqueue { blob, message } => enqueue(conn, &blob.hash, &message).map(Output::Queued),
