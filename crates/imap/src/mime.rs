@@ -119,33 +119,69 @@ pub struct Field<'a> {
 /// Splits a header block into fields. Lines before the first field or without a colon are
 /// skipped; continuation lines belong to the field above.
 pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
-    let field = |(s, colon, e): (usize, usize, usize)| Field {
-        name: header[s..colon].trim_ascii_end(),
-        raw: &header[s..e],
-        value: &header[colon + 1..e],
-    };
-    let mut out: Vec<Field<'_>> = Vec::new();
-    // The field being read: (start, colon, end).
-    let mut current: Option<(usize, usize, usize)> = None;
-    let mut start = 0;
-    while start < header.len() {
-        let end = memchr::memchr(b'\n', &header[start..]).map_or(header.len(), |p| start + p + 1);
-        let l = &header[start..end];
-        if l == b"\r\n" || l == b"\n" {
-            break;
+    Fields::new(header).collect()
+}
+
+/// The fields of a header block one at a time, as [`fields`] lists them.
+struct Fields<'a> {
+    header: &'a [u8],
+    /// Where the next line starts.
+    start: usize,
+    /// The field being read: (start, colon, end).
+    current: Option<(usize, usize, usize)>,
+    /// The empty line (or the end) was reached.
+    done: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(header: &'a [u8]) -> Self {
+        Fields {
+            header,
+            start: 0,
+            current: None,
+            done: false,
         }
-        if l.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            if let Some(c) = current.as_mut() {
-                c.2 = end;
-            }
-        } else {
-            out.extend(current.take().map(field));
-            current = memchr::memchr(b':', l).map(|colon| (start, start + colon, end));
-        }
-        start = end;
     }
-    out.extend(current.map(field));
-    out
+
+    fn field(&self, (s, colon, e): (usize, usize, usize)) -> Field<'a> {
+        let header = self.header;
+        Field {
+            name: header[s..colon].trim_ascii_end(),
+            raw: &header[s..e],
+            value: &header[colon + 1..e],
+        }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Field<'a>;
+
+    fn next(&mut self) -> Option<Field<'a>> {
+        let header = self.header;
+        while !self.done && self.start < header.len() {
+            let start = self.start;
+            let end =
+                memchr::memchr(b'\n', &header[start..]).map_or(header.len(), |p| start + p + 1);
+            let l = &header[start..end];
+            if l == b"\r\n" || l == b"\n" {
+                self.done = true;
+                break;
+            }
+            self.start = end;
+            if l.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+                if let Some(c) = self.current.as_mut() {
+                    c.2 = end;
+                }
+            } else {
+                let next = memchr::memchr(b':', l).map(|colon| (start, start + colon, end));
+                if let Some(done) = std::mem::replace(&mut self.current, next) {
+                    return Some(self.field(done));
+                }
+            }
+        }
+        self.done = true;
+        self.current.take().map(|c| self.field(c))
+    }
 }
 
 /// Where a message's header block ends (its empty line included), as [`MimeMessage::parse`]
@@ -192,47 +228,13 @@ pub fn unfold(value: &[u8]) -> Vec<u8> {
 }
 
 /// The raw values of every field called `name` (case-insensitive), in order: what
-/// [`fields`] gives for that name, without splitting the other fields (SEARCH runs this over
-/// every message of a mailbox).
+/// [`fields`] gives for that name, without collecting the other fields (SEARCH runs this
+/// over every message of a mailbox).
 pub fn field_values<'a>(header: &'a [u8], name: &str) -> Vec<&'a [u8]> {
-    let name = name.as_bytes();
-    let mut out = Vec::new();
-    if name.contains(&b':') || name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
-        // No field name has a colon or trailing white space (see `fields`).
-        return out;
-    }
-    // The matching field being read: (value start, end).
-    let mut current: Option<(usize, usize)> = None;
-    let mut start = 0;
-    while start < header.len() {
-        let end = memchr::memchr(b'\n', &header[start..]).map_or(header.len(), |p| start + p + 1);
-        let l = &header[start..end];
-        if l == b"\r\n" || l == b"\n" {
-            break;
-        }
-        if l.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            if let Some(c) = current.as_mut() {
-                c.1 = end;
-            }
-        } else {
-            out.extend(current.take().map(|(v, e)| &header[v..e]));
-            // As in `fields`: the name is what precedes the first colon, less trailing
-            // white space.
-            if l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) {
-                let rest = &l[name.len()..];
-                let pad = rest
-                    .iter()
-                    .take_while(|&&b| b == b' ' || b == b'\t')
-                    .count();
-                if rest.get(pad) == Some(&b':') {
-                    current = Some((start + name.len() + pad + 1, end));
-                }
-            }
-        }
-        start = end;
-    }
-    out.extend(current.map(|(v, e)| &header[v..e]));
-    out
+    Fields::new(header)
+        .filter(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| f.value)
+        .collect()
 }
 
 /// The first field named `name` (case-insensitive), unfolded.
