@@ -25,7 +25,7 @@
 //! function call, and the only hand-offs left are one wake-up per batch and one per answer.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -960,13 +960,37 @@ fn expunge(
     events: &mut Events,
 ) -> Result<Vec<Uid>> {
     let c = counters(conn, account, mailbox)?;
-    let rows: Vec<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? ORDER BY mm.uid",
-        )?
-        .query_map([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let only: Option<HashSet<Uid>> = only.map(|u| u.iter().copied().collect());
+    // The candidates: the named UIDs looked up one by one (UID EXPUNGE names a few in a
+    // mailbox of any size), or every message of the mailbox with \Deleted set (or every
+    // message, when forced); the flag test is on the mailbox's own rows, before the join.
+    let rows: Vec<(i64, i64, i64)> = match only {
+        Some(uids) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? AND mm.uid = ?",
+            )?;
+            let mut rows = Vec::new();
+            for uid in sorted_unique(uids) {
+                if let Some(row) = stmt
+                    .query_row(params![mailbox.0, i64::from(uid.0)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?
+                {
+                    rows.push(row);
+                }
+            }
+            rows
+        }
+        None => conn
+            .prepare_cached(
+                "SELECT mm.uid, mm.flags, m.size FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ? AND (? OR (mm.flags & ?) != 0) ORDER BY mm.uid",
+            )?
+            .query_map(
+                params![mailbox.0, force, i64::from(SystemFlags::DELETED)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?,
+    };
     let modseq = c.modseq + 1;
     let mut expunged = Vec::new();
     let mut freed = 0u64;
@@ -974,9 +998,7 @@ fn expunge(
         let uid = Uid(int(uid)?);
         let flags = SystemFlags(u8::try_from(flags & 0x1f).unwrap_or(0));
         let size: u64 = int(size)?;
-        let selected = only.as_ref().is_none_or(|set| set.contains(&uid));
-        let deleted = force || flags.contains(SystemFlags::DELETED);
-        if !(selected && deleted) {
+        if !(force || flags.contains(SystemFlags::DELETED)) {
             continue;
         }
         remove_from_mailbox(conn, mailbox, uid, modseq)?;
