@@ -3,9 +3,10 @@
 //! rusqlite connections for the reads the protocols make on every command ([`reader`]: the
 //! SMTP hot path's point lookups; [`read_ops`]: IMAP's and POP3's mailbox reads).
 //!
-//! Group commit ([`writer`]): every mailbox write becomes a job on a channel. The writer
-//! thread takes all jobs waiting, writes and syncs the large bodies they carry once, runs
-//! each job inside its own SAVEPOINT (so one failing job does not fail the others) and
+//! Group commit ([`writer`]): every mailbox write becomes a job. When the writer is idle the
+//! caller commits it at once on its own thread; otherwise it goes on a channel, and the
+//! writer thread takes all jobs waiting, writes and syncs the large bodies they carry once,
+//! runs each job inside its own SAVEPOINT (so one failing job does not fail the others) and
 //! commits the batch with one transaction, i.e. one WAL fsync. Only then are the callers
 //! answered and the change feed published.
 //!
@@ -25,7 +26,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 
 use crate::blob::{BlobHash, BlobStore, PendingBlob};
 use crate::error::{Result, StoreError};
@@ -57,7 +58,7 @@ mod read_ops;
 mod reader;
 mod writer;
 
-use writer::{Job, Op, Output};
+use writer::{Op, Output};
 
 const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -76,7 +77,7 @@ const SCHEMA: &[&str] = &[
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    writer: mpsc::Sender<Job>,
+    writer: writer::Writer,
     /// Reads through rusqlite: the SMTP hot path ([`reader`]) and IMAP/POP3 ([`read_ops`]).
     lookups: Arc<reader::Lookups>,
     blobs: Arc<BlobStore>,
@@ -127,7 +128,7 @@ impl SqliteStore {
             .await?;
         let feed = Arc::new(ChangeFeed::default());
         let stats = Arc::new(WriterStats::default());
-        let tx = writer::start(
+        let writer = writer::start(
             &data_dir.join("tessera.db"),
             QUEUE_DEPTH,
             blobs.clone(),
@@ -136,7 +137,7 @@ impl SqliteStore {
         )?;
         Ok(Arc::new(SqliteStore {
             pool,
-            writer: tx,
+            writer,
             lookups: Arc::new(reader::Lookups::new(&data_dir.join("tessera.db"))),
             blobs,
             feed,
@@ -144,14 +145,9 @@ impl SqliteStore {
         }))
     }
 
-    /// Sends a job to the writer and waits for its committed result.
+    /// Hands a job to the writer and waits for its committed result.
     async fn submit(&self, op: Op) -> Result<Output> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.writer.submit(op).await
     }
 
     /// COPY, or MOVE when `remove_source` (RFC 6851: one transaction).

@@ -1,34 +1,47 @@
-//! The group-commit writer: one dedicated OS thread owning one synchronous SQLite connection
-//! (rusqlite, cached prepared statements).
+//! The group-commit writer: one synchronous SQLite connection (rusqlite, cached prepared
+//! statements) behind a mutex, and one dedicated OS thread that commits batches on it.
 //!
-//! Jobs arrive on a bounded tokio channel ([`super::QUEUE_DEPTH`]: callers wait for room, which
-//! is the backpressure); the thread blocks on it, takes every job waiting (up to
-//! [`MAX_BATCH`]) and runs the batch:
+//! A write takes one of two paths ([`Writer::submit`]):
+//!
+//! - **Inline**, when the writer is idle (no job queued and the connection free) and the job
+//!   carries no large body: the caller runs it as a batch of one on its own thread and has
+//!   its answer without a hand-off. A lone IMAP session's STORE or APPEND used to cost two
+//!   thread wake-ups (caller to writer thread and back), a large part of its latency on a
+//!   small machine. The caller's thread is blocked for one small transaction and its fsync,
+//!   as it would be in a synchronous server; only one caller at a time can be there.
+//! - **Queued**, otherwise: the job goes on a bounded tokio channel ([`super::QUEUE_DEPTH`]:
+//!   callers wait for room, which is the backpressure). The thread blocks on it, takes the
+//!   connection, takes every job waiting (up to [`MAX_BATCH`]) and runs them as one batch.
+//!   While any job is queued no caller goes inline, so queued jobs are not overtaken
+//!   indefinitely; under load, which is when jobs queue, commits are shared.
+//!
+//! A batch, on either path:
 //!
 //! 1. bodies larger than [`INLINE_BODY_MAX`] are written as files and made durable with one
-//!    filesystem sync, before any row refers to them;
+//!    filesystem sync, before any row refers to them (queued path only);
 //! 2. one `BEGIN IMMEDIATE` transaction, each job inside its own SAVEPOINT (a failing job is
 //!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
 //! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
 //! 4. only then every caller is answered (tokio oneshot) and the change feed published;
 //! 5. each time the WAL has grown by [`CHECKPOINT_FRAMES`], the checkpoint thread is asked to
-//!    copy it into the database, on its own connection, while this thread goes on committing
-//!    batches: a checkpoint (1,000 pages copied, two fsyncs) takes as long as several
-//!    batches, and every job arriving meanwhile used to wait for it. SQLite only restarts the
-//!    WAL from its beginning at a write that finds every frame copied, which a checkpoint
-//!    running beside a busy writer seldom leaves; so past [`CHECKPOINT_INLINE_FRAMES`] this
-//!    thread checkpoints itself between batches (copying the little the checkpoint thread
-//!    left), and the WAL restarts at the next commit: it stays bounded.
+//!    copy it into the database, on its own connection, while commits go on: a checkpoint
+//!    (1,000 pages copied, two fsyncs) takes as long as several batches, and every job
+//!    arriving meanwhile used to wait for it. SQLite only restarts the WAL from its
+//!    beginning at a write that finds every frame copied, which a checkpoint running beside a
+//!    busy writer seldom leaves; so past [`CHECKPOINT_INLINE_FRAMES`] the committing thread
+//!    checkpoints itself after its batch (copying the little the checkpoint thread left),
+//!    and the WAL restarts at the next commit: it stays bounded.
 //!
-//! Why a thread and not a task on sqlx's connection: sqlx-sqlite hands every statement to its
-//! own worker thread over a channel and back, ~7 hand-offs per delivery; here a statement is a
-//! function call, and the only hand-offs left are one wake-up per batch and one per answer.
+//! Why not a task on sqlx's connection: sqlx-sqlite hands every statement to its own worker
+//! thread over a channel and back, ~7 hand-offs per delivery; here a statement is a function
+//! call, and the only hand-offs left are, on the queued path, one wake-up per batch and one
+//! per answer.
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -56,11 +69,12 @@ const CHECKPOINT_FRAMES: i32 = 1000;
 const CHECKPOINT_INLINE_FRAMES: i32 = 4 * CHECKPOINT_FRAMES;
 
 thread_local! {
-    /// Pages in the WAL after the writer thread's last commit (set by [`note_wal_size`]).
+    /// Pages in the WAL after this thread's last commit on the writer's connection (set by
+    /// [`note_wal_size`]; -1 before a batch, so a batch that wrote nothing is told apart).
     static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
 }
 
-/// SQLite's WAL hook on the writer's connection: runs inside each COMMIT, on the writer
+/// SQLite's WAL hook on the writer's connection: runs inside each COMMIT, on the committing
 /// thread, and only notes the WAL's size. Registering it replaces the automatic checkpoint.
 fn note_wal_size(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
     WAL_FRAMES.set(frames);
@@ -168,27 +182,146 @@ pub(super) enum Output {
 /// Changes a job made, published after the batch commits.
 type Events = Vec<(AccountId, Change)>;
 
+/// The writer: its connection (shared by its thread and by callers that find it idle) and
+/// the channel to its thread. The thread ends when this is dropped.
+pub(super) struct Writer {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("queued", &self.shared.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the writer thread and inline callers share.
+struct Shared {
+    state: Mutex<State>,
+    /// Jobs sent to the thread and not yet taken into a batch (and the thread's claim on the
+    /// connection while it waits for it): while non-zero, nobody goes inline.
+    queued: AtomicUsize,
+    blobs: Arc<BlobStore>,
+    feed: Arc<ChangeFeed>,
+    stats: Arc<WriterStats>,
+    checkpointer: Checkpointer,
+}
+
+/// The connection and its checkpoint bookkeeping, held by whoever is committing.
+struct State {
+    conn: Connection,
+    /// The WAL's size (pages) after the last commit that wrote to it.
+    frames: i32,
+    /// The WAL's size when the checkpoint thread was last asked to run.
+    requested_at: i32,
+}
+
 /// Opens the writer's connection to `db` (already created and migrated) and starts the
-/// writer thread; returns the channel jobs go to. The thread ends when every sender is gone.
+/// writer thread.
 pub(super) fn start(
     db: &Path,
     depth: usize,
     blobs: Arc<BlobStore>,
     feed: Arc<ChangeFeed>,
     stats: Arc<WriterStats>,
-) -> Result<mpsc::Sender<Job>> {
+) -> Result<Writer> {
     let conn = open(db)?;
     let checkpointer = Checkpointer::start(db)?;
     let (tx, rx) = mpsc::channel(depth);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            conn,
+            frames: 0,
+            requested_at: 0,
+        }),
+        queued: AtomicUsize::new(0),
+        blobs,
+        feed,
+        stats,
+        checkpointer,
+    });
+    let thread_shared = shared.clone();
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_thread(conn, rx, &blobs, &feed, &stats, &checkpointer))
+        .spawn(move || writer_thread(&thread_shared, rx))
         .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-    Ok(tx)
+    Ok(Writer { tx, shared })
+}
+
+impl Writer {
+    /// Runs `op` and returns its committed result: inline when the writer is idle, else
+    /// through the writer thread (see the module documentation).
+    pub(super) async fn submit(&self, op: Op) -> Result<Output> {
+        let (reply, mut rx) = oneshot::channel();
+        let job = match self.try_inline(Job { op, reply }) {
+            None => return rx.try_recv().map_err(|_| StoreError::Closed)?,
+            Some(job) => job,
+        };
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(job).await.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Closed);
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `job` on this thread if nothing is queued, the connection is free and the job has
+    /// no body to write as a file; gives the job back otherwise.
+    fn try_inline(&self, job: Job) -> Option<Job> {
+        let large = job
+            .op
+            .blob()
+            .is_some_and(|b| b.bytes.len() > INLINE_BODY_MAX);
+        if large || self.shared.queued.load(Ordering::Acquire) != 0 {
+            return Some(job);
+        }
+        let mut state = match self.shared.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Some(job),
+        };
+        let mut batch = vec![job];
+        self.shared.run(&mut state, &mut batch);
+        None
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while committing leaves SQLite's own state consistent (the transaction is
+        // rolled back when the next BEGIN fails or the connection closes).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one batch on the connection held as `state`, then the checkpoint bookkeeping.
+    fn run(&self, state: &mut State, batch: &mut Vec<Job>) {
+        WAL_FRAMES.set(-1);
+        run_batch(&mut state.conn, batch, &self.blobs, &self.feed, &self.stats);
+        let frames = WAL_FRAMES.get();
+        if frames < 0 {
+            return; // nothing was written to the WAL
+        }
+        state.frames = frames;
+        if frames < state.requested_at {
+            state.requested_at = 0; // the WAL restarted
+        }
+        if frames >= CHECKPOINT_INLINE_FRAMES {
+            state.frames = 0;
+            state.requested_at = 0;
+            checkpoint(&state.conn);
+        } else if frames - state.requested_at >= CHECKPOINT_FRAMES {
+            state.requested_at = frames;
+            self.checkpointer.request();
+        }
+    }
 }
 
 /// The checkpoint thread: one connection of its own, one PASSIVE checkpoint per request.
-/// It ends when the writer thread drops this handle.
+/// It ends when the writer is dropped (its handle is in [`Shared`]).
 struct Checkpointer {
     /// Room for one pending request: asking again while one waits changes nothing.
     requests: std::sync::mpsc::SyncSender<()>,
@@ -239,18 +372,12 @@ fn open(db: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn writer_thread(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
-    blobs: &BlobStore,
-    feed: &ChangeFeed,
-    stats: &WriterStats,
-    checkpointer: &Checkpointer,
-) {
+fn writer_thread(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // The WAL's size when the checkpoint thread was last asked to run.
-    let mut requested_at = 0;
     while let Some(first) = rx.blocking_recv() {
+        // `first` is still counted in `queued`, so no caller goes inline while this thread
+        // waits for the connection.
+        let mut state = shared.lock();
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -258,22 +385,8 @@ fn writer_thread(
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, &mut batch, blobs, feed, stats);
-        let frames = WAL_FRAMES.get();
-        if frames < requested_at {
-            requested_at = 0; // the WAL restarted
-        }
-        if frames >= CHECKPOINT_INLINE_FRAMES {
-            WAL_FRAMES.set(0);
-            requested_at = 0;
-            checkpoint(&conn);
-        } else if frames - requested_at >= CHECKPOINT_FRAMES {
-            requested_at = frames;
-            checkpointer.request();
-        }
-    }
-    if let Err((_, e)) = conn.close() {
-        tracing::warn!(error = %e, "closing the writer's connection");
+        shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        shared.run(&mut state, &mut batch);
     }
 }
 
