@@ -207,7 +207,10 @@ impl Lookups {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.execute_batch("PRAGMA query_only = ON;")?;
+        // Pages of the database file are read through a memory map (up to 1 GiB of it), not a
+        // pread each: every commit empties a reader's page cache, so the first read after a
+        // write used to re-read each page it needed with a system call.
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA mmap_size = 1073741824;")?;
         Ok(conn)
     }
 
