@@ -1392,6 +1392,60 @@ impl Session<'_> {
         }
     }
 
+    /// Whether the feed's `changes` leave the selected mailbox's view as it is, so it need
+    /// not be re-read: every change to it is already reflected in `msgs` (this session's
+    /// own STORE or EXPUNGE, applied from the store's answer) and their MODSEQs follow on
+    /// from `highest_modseq` without a gap. The writer gives each committed job touching a
+    /// mailbox the next MODSEQ and publishes its changes before answering, so no gap means
+    /// nobody else changed the mailbox meanwhile; HIGHESTMODSEQ then advances without a
+    /// read. Anything else (another session's change, a gap) leaves it to `sync_selected`.
+    fn absorb(&mut self, changes: &[Change]) -> bool {
+        let Some(sel) = self.selected.as_mut() else {
+            return true;
+        };
+        let mut hms = sel.highest_modseq;
+        for c in changes {
+            let (mailbox, uid, modseq) = match *c {
+                Change::Appended {
+                    mailbox,
+                    uid,
+                    modseq,
+                }
+                | Change::FlagsChanged {
+                    mailbox,
+                    uid,
+                    modseq,
+                }
+                | Change::Expunged {
+                    mailbox,
+                    uid,
+                    modseq,
+                } => (mailbox, uid.0, modseq.0),
+                Change::MailboxesChanged => continue,
+            };
+            // At or below `highest_modseq` a change is reflected already (its invariant).
+            if mailbox != sel.id || modseq <= sel.highest_modseq {
+                continue;
+            }
+            if modseq > hms + 1 {
+                return false; // a MODSEQ this session has not seen a change for
+            }
+            hms = hms.max(modseq);
+            let found = sel.msgs.binary_search_by_key(&uid, |m| m.uid);
+            let reflected = match c {
+                Change::Appended { .. } => found.is_ok(),
+                Change::FlagsChanged { .. } => found.is_ok_and(|i| sel.msgs[i].modseq >= modseq),
+                // Marked, or already announced and removed.
+                _ => found.map_or(true, |i| sel.msgs[i].expunged),
+            };
+            if !reflected {
+                return false;
+            }
+        }
+        sel.highest_modseq = hms;
+        true
+    }
+
     /// Drains the feed and, when something changed, reports it (RFC 3501 §7: unilateral
     /// EXISTS, EXPUNGE, FETCH FLAGS). EXPUNGE only when `allow_expunge`.
     async fn sync_if_selected(&mut self, allow_expunge: bool) -> Result<(), CmdError> {
@@ -1405,7 +1459,7 @@ impl Session<'_> {
                     Err(_) => break,
                 }
             }
-            dirty |= changes.iter().any(|c| self.relevant(c));
+            dirty |= !self.absorb(&changes);
             if dirty {
                 self.mark_dirty();
             }
@@ -1783,8 +1837,8 @@ impl Session<'_> {
                     m.expunged = true;
                 }
             }
-            // Re-read HIGHESTMODSEQ even if the feed has not echoed our expunge yet.
-            sel.dirty = true;
+            // The feed has our expunge already (published before the store answers): the
+            // sync below advances HIGHESTMODSEQ from it, or re-reads when more changed.
         }
         self.sync_if_selected(true).await?;
         if self.condstore

@@ -617,6 +617,84 @@ async fn shared_mailbox_index_never_serves_stale_state() {
     );
 }
 
+/// A session's own STORE and EXPUNGE are applied from the store's answer without re-reading
+/// the mailbox; a change another session made in between must still be reported, and the
+/// HIGHESTMODSEQ a session reports must be the store's.
+#[tokio::test]
+async fn own_changes_skip_the_reread_but_other_sessions_changes_are_reported() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    for (i, tag) in ["p1", "p2", "p3", "p4"].iter().enumerate() {
+        a.send(format!("{tag} APPEND INBOX {{20+}}\r\nSubject: {i}\r\n\r\nhello!\r\n").as_bytes())
+            .await;
+        assert!(a.until(tag).await.last().unwrap().contains("APPENDUID"));
+    }
+    a.send(b"e ENABLE CONDSTORE\r\n").await;
+    a.until("e").await;
+    a.send(b"s SELECT INBOX\r\n").await;
+    a.until("s").await;
+    let mut b = logged_in_plain(&s).await;
+    b.send(b"s SELECT INBOX\r\n").await;
+    b.until("s").await;
+
+    // A's own change: reported once (not again from the feed's echo).
+    a.send(b"f1 STORE 1 +FLAGS (\\Draft)\r\n").await;
+    let lines = a.until("f1").await;
+    let fetches: Vec<&String> = lines.iter().filter(|l| l.contains("FETCH")).collect();
+    assert_eq!(fetches.len(), 1, "{lines:?}");
+    assert!(fetches[0].starts_with("* 1 FETCH") && fetches[0].contains("\\Draft"));
+    a.send(b"n1 NOOP\r\n").await;
+    let lines = a.until("n1").await;
+    assert_eq!(
+        lines.len(),
+        1,
+        "nothing new after our own change: {lines:?}"
+    );
+
+    // B changes message 2 between two of A's changes: A's next command reports it.
+    a.send(b"f2 STORE 1 +FLAGS.SILENT (\\Seen)\r\n").await;
+    a.until("f2").await;
+    b.send(b"b1 STORE 2 +FLAGS.SILENT (\\Flagged)\r\n").await;
+    b.until("b1").await;
+    a.send(b"f3 STORE 3 +FLAGS.SILENT (\\Answered)\r\n").await;
+    let lines = a.until("f3").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("* 2 FETCH") && l.contains("\\Flagged")),
+        "{lines:?}"
+    );
+
+    // A expunges its own message 4; B appends meanwhile: A sees the new message.
+    a.send(b"d STORE 4 +FLAGS.SILENT (\\Deleted)\r\n").await;
+    a.until("d").await;
+    a.send(b"x EXPUNGE\r\n").await;
+    let lines = a.until("x").await;
+    assert!(lines.iter().any(|l| l == "* 4 EXPUNGE\r\n"), "{lines:?}");
+    let hms = |lines: &[String]| -> u64 {
+        let l = lines
+            .iter()
+            .find(|l| l.contains("[HIGHESTMODSEQ "))
+            .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {lines:?}"));
+        let n = l.split("[HIGHESTMODSEQ ").nth(1).unwrap();
+        n[..n.find(']').unwrap()].parse().unwrap()
+    };
+    let after_expunge = hms(&lines);
+    // A fresh session reads HIGHESTMODSEQ from the store: the same.
+    let mut c = logged_in_plain(&s).await;
+    c.send(b"s SELECT INBOX (CONDSTORE)\r\n").await;
+    let lines = c.until("s").await;
+    assert_eq!(hms(&lines), after_expunge, "{lines:?}");
+    assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
+
+    b.send(b"p5 APPEND INBOX {20+}\r\nSubject: 5\r\n\r\nhello!\r\n")
+        .await;
+    b.until("p5").await;
+    a.send(b"f4 STORE 1 -FLAGS.SILENT (\\Seen)\r\n").await;
+    let lines = a.until("f4").await;
+    assert!(lines.iter().any(|l| l == "* 4 EXISTS\r\n"), "{lines:?}");
+}
+
 /// FETCH of ENVELOPE / RFC822.HEADER over many messages reads header blocks a chunk at a
 /// time: the answers must be exactly those of one-message FETCHes, across UID gaps (expunged
 /// messages), a sparse UID set, and more messages than one chunk.
