@@ -102,18 +102,66 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
 }
 
 fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
+    if needle.is_empty() {
         return true;
-    };
+    }
     let Some(last_start) = hay.len().checked_sub(needle.len()) else {
         return false;
     };
-    memchr::memchr2_iter(
-        first.to_ascii_lowercase(),
-        first.to_ascii_uppercase(),
-        &hay[..=last_start],
-    )
-    .any(|i| hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
+    // Candidates are found with memchr on one byte of the needle (the anchor, see `anchor`),
+    // then the window around it is compared; a letter is searched for in both cases.
+    let k = anchor(needle);
+    let a = needle[k];
+    let window = |i: usize| {
+        i.checked_sub(k)
+            .filter(|&start| start <= last_start)
+            .is_some_and(|start| hay[start..start + needle.len()].eq_ignore_ascii_case(needle))
+    };
+    let tail = &hay[k..last_start + k + 1];
+    if a.is_ascii_alphabetic() {
+        memchr::memchr2_iter(a.to_ascii_lowercase(), a.to_ascii_uppercase(), tail)
+            .any(|i| window(i + k))
+    } else {
+        memchr::memchr_iter(a, tail).any(|i| window(i + k))
+    }
+}
+
+/// How rare each byte is likely to be in header text, higher for rarer: letters by their
+/// frequency in English, digits above them, the punctuation common in headers
+/// (`-.:@<>,;=/"` and space) below them, every other byte highest.
+const RARITY: [u8; 256] = {
+    const BY_FREQUENCY: &[u8] = b"etaoinsrhldcumfpgwybvkxjqz";
+    let mut t = [40u8; 256];
+    let mut i = 0;
+    while i < BY_FREQUENCY.len() {
+        let b = BY_FREQUENCY[i];
+        t[b as usize] = 1 + i as u8;
+        t[b.to_ascii_uppercase() as usize] = 1 + i as u8;
+        i += 1;
+    }
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = 30;
+        d += 1;
+    }
+    let common = b" -.:@<>,;=/\"";
+    let mut j = 0;
+    while j < common.len() {
+        t[common[j] as usize] = 0;
+        j += 1;
+    }
+    t
+};
+
+/// The byte of `needle` to search for first: its rarest (see [`RARITY`]), the first of equals.
+fn anchor(needle: &[u8]) -> usize {
+    let mut best = 0;
+    for (i, &b) in needle.iter().enumerate() {
+        if RARITY[usize::from(b)] > RARITY[usize::from(needle[best])] {
+            best = i;
+        }
+    }
+    best
 }
 
 fn date_cmp(cmp: DateCmp, day: i64, want: i64) -> bool {
@@ -136,7 +184,31 @@ fn decode_header(value: &[u8]) -> String {
     }
 }
 
+/// False only when no field of the header block `head` can contain `needle`: for a needle of
+/// printable ASCII without white space, in a header of 7-bit text without an RFC 2047 word,
+/// a field's unfolded text is its raw text less line breaks, each followed by white space,
+/// so a match there is a match in the raw block. One scan of the block then settles the
+/// messages (most, in a SEARCH) whose header does not have the text anywhere.
+fn header_may_contain(head: &[u8], needle: &str) -> bool {
+    let simple = needle.bytes().all(|b| b.is_ascii_graphic());
+    let encoded_word = || memchr::memchr_iter(b'=', head).any(|i| head.get(i + 1) == Some(&b'?'));
+    if !simple || !head.is_ascii() || encoded_word() {
+        return true;
+    }
+    contains_ascii_ci(head, needle.as_bytes())
+}
+
 fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
+    // The whole of `raw` is scanned (SEARCH passes header blocks; finding where a header
+    // ends costs a scan of its own): text past the header only lets more messages through.
+    if !needle.is_empty() && !header_may_contain(raw, needle) {
+        return false;
+    }
+    header_fields_match(raw, name, needle)
+}
+
+/// HEADER's test proper, field by field.
+fn header_fields_match(raw: &[u8], name: &str, needle: &str) -> bool {
     // `field_values` stops at the end of the header block.
     for value in mime::field_values(raw, name) {
         // RFC 3501: HEADER with an empty string matches every message with the field.
@@ -284,6 +356,100 @@ mod tests {
         assert!(header_matches(raw, "subject", "CAF\u{c9} m"));
         assert!(header_matches(raw, "to", "plain  sp"));
         assert!(!header_matches(raw, "to", "plain sp"));
+    }
+
+    /// The anchored search finds exactly what a window-by-window comparison finds, with the
+    /// anchor at the start, middle or end of the needle and matches at either end of the text.
+    #[test]
+    fn anchored_ascii_search_agrees_with_the_naive_one() {
+        let naive = |hay: &[u8], needle: &[u8]| {
+            needle.is_empty()
+                || hay
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        let hays: &[&[u8]] = &[
+            b"",
+            b"z",
+            b"Topic-42 and topic-7",
+            b"xx-TOPIC-42",
+            b"QUIZ quiz QuIz",
+            b"a-b-c-d",
+            b"zzzzzq",
+            b"The quick brown fox jumps",
+        ];
+        let needles: &[&[u8]] = &[
+            b"",
+            b"z",
+            b"Z",
+            b"topic-42",
+            b"-42",
+            b"42",
+            b"topic-7",
+            b"quiz",
+            b"QUIZ q",
+            b"b-c",
+            b"-d",
+            b"zq",
+            b"fox jumps",
+            b"jumpsx",
+            b"the",
+            b"zzzzzzq",
+        ];
+        for hay in hays {
+            for needle in needles {
+                assert_eq!(
+                    contains_ascii_ci(hay, needle),
+                    naive(hay, needle),
+                    "{:?} in {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(hay)
+                );
+            }
+        }
+    }
+
+    /// The one-scan prefilter never changes an answer: HEADER with it and without it agree,
+    /// across folds, case, other fields, encoded words, 8-bit text and white space.
+    #[test]
+    fn header_prefilter_agrees_with_the_field_test() {
+        let heads: &[&[u8]] = &[
+            b"Subject: topic-42 news\r\nFrom: a@example.org\r\n\r\nbody topic-7\r\n",
+            b"Subject: a long\r\n folded TOPIC-42\r\n\tsubject\r\nTo: topic-7@x\r\n\r\n",
+            b"Subject: split topic-\r\n 42 here\r\n\r\n",
+            b"Subject: =?utf-8?q?topic-42?=\r\n\r\n",
+            b"Subject: caf\xc3\xa9 topic-42\r\n\r\n",
+            b"X-Other: topic-42\r\nSubject: none\r\n\r\n",
+            b"Subject: lf only\n\ttopic-42\n\n",
+        ];
+        let needles = [
+            "topic-42",
+            "TOPIC-4",
+            "topic-7",
+            "topic- 42",
+            "long folded",
+            "long  folded",
+            "caf\u{e9}",
+            "none",
+            "news",
+            "x",
+            "subject",
+        ];
+        for head in heads {
+            for needle in needles {
+                for name in ["subject", "to", "x-other"] {
+                    assert_eq!(
+                        header_matches(head, name, needle),
+                        header_fields_match(head, name, needle),
+                        "{name}: {needle:?} in {:?}",
+                        String::from_utf8_lossy(head)
+                    );
+                }
+            }
+        }
+        // And it does reject: a needle in no field at all.
+        assert!(!header_may_contain(heads[0], "topic-9"));
+        assert!(header_may_contain(heads[0], "TOPIC-42"));
     }
 
     #[test]
