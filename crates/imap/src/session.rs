@@ -1272,6 +1272,7 @@ impl Session<'_> {
             .map_err(|e| CmdError::Bad(format!("Invalid flags: {e}")))?;
         let (internal_date, tz) = date.unwrap_or((store::unix_now(), 0));
         let account = self.account_id()?;
+        let size = message.len() as u64;
         let appended = self
             .server
             .store
@@ -1280,14 +1281,27 @@ impl Session<'_> {
                 info.id,
                 store::NewMessage {
                     bytes: std::sync::Arc::new(message),
-                    flags,
+                    flags: flags.clone(),
                     internal_date,
                     tz_offset_minutes: tz,
                 },
             )
             .await?;
         if self.selected.as_ref().is_some_and(|s| s.id == info.id) {
-            self.mark_dirty();
+            let msg = Msg {
+                uid: appended.uid.0,
+                message: appended.message,
+                size,
+                date: internal_date,
+                tz,
+                flags,
+                modseq: appended.modseq.0,
+                recent: false,
+                expunged: false,
+            };
+            if !self.add_own_append(msg) {
+                self.mark_dirty();
+            }
         }
         self.sync_if_selected(true).await?;
         Ok(format!(
@@ -1444,6 +1458,58 @@ impl Session<'_> {
         }
         sel.highest_modseq = hms;
         true
+    }
+
+    /// Adds a message this session appended to its selected mailbox as a sync would (\Recent
+    /// claim, new keywords, EXISTS and RECENT), without reading it back, when it is the very
+    /// next change after what the session knows (its MODSEQ follows `highest_modseq`; see
+    /// `absorb`). False when something else changed first: the caller re-reads.
+    fn add_own_append(&mut self, mut msg: Msg) -> bool {
+        let Some(sel) = self.selected.as_ref() else {
+            return false;
+        };
+        if msg.modseq != sel.highest_modseq + 1 || sel.msgs.last().is_some_and(|m| m.uid >= msg.uid)
+        {
+            return false;
+        }
+        let read_only = sel.read_only;
+        // The claim map has this mailbox since SELECT; a new UID is above any stored claim.
+        let claimed = self.server.claim_recent(sel.id, msg.uid, !read_only, 0);
+        msg.recent = msg.uid > claimed;
+        let Some(sel) = self.selected.as_mut() else {
+            return false;
+        };
+        if !read_only && msg.uid > claimed {
+            sel.recent_claim = sel.recent_claim.max(msg.uid);
+        }
+        let mut new_keywords = false;
+        for k in &msg.flags.keywords {
+            new_keywords |= sel.keywords.insert(k.clone());
+        }
+        sel.highest_modseq = msg.modseq;
+        Arc::make_mut(&mut sel.msgs).push(msg);
+        let exists = sel.msgs.len();
+        let recent = sel.msgs.iter().filter(|m| m.recent).count();
+        if new_keywords {
+            self.announce_keywords(read_only);
+        }
+        self.untagged(&format!("{exists} EXISTS"));
+        self.untagged(&format!("{recent} RECENT"));
+        true
+    }
+
+    /// FLAGS (and PERMANENTFLAGS when writable) after new keywords appeared.
+    fn announce_keywords(&mut self, read_only: bool) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let flags = flag_list(&sel.keywords);
+        self.untagged(&format!("FLAGS ({flags})"));
+        if !read_only {
+            self.untagged(&format!(
+                "OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
+            ));
+        }
     }
 
     /// Drains the feed and, when something changed, reports it (RFC 3501 §7: unilateral
@@ -1606,13 +1672,7 @@ impl Session<'_> {
                 sel.details = false;
             }
             if new_keywords {
-                let flags = flag_list(&sel.keywords);
-                self.untagged(&format!("FLAGS ({flags})"));
-                if !read_only {
-                    self.untagged(&format!(
-                        "OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
-                    ));
-                }
+                self.announce_keywords(read_only);
             }
             for line in out {
                 self.untagged(&line);

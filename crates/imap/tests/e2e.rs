@@ -693,6 +693,54 @@ async fn own_changes_skip_the_reread_but_other_sessions_changes_are_reported() {
     a.send(b"f4 STORE 1 -FLAGS.SILENT (\\Seen)\r\n").await;
     let lines = a.until("f4").await;
     assert!(lines.iter().any(|l| l == "* 4 EXISTS\r\n"), "{lines:?}");
+
+    // A appends to its selected mailbox: EXISTS, RECENT and the new keyword once, and the
+    // message as stored (B took UID 5 as \Recent; UID 6 is A's).
+    a.send(b"p6 APPEND INBOX (\\Seen $Custom) {20+}\r\nSubject: 6\r\n\r\nhello!\r\n")
+        .await;
+    let lines = a.until("p6").await;
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("EXISTS")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "* 5 EXISTS\r\n"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "* 4 RECENT\r\n"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("* FLAGS (") && l.contains("$Custom")),
+        "{lines:?}"
+    );
+    a.send(b"n2 NOOP\r\n").await;
+    let lines = a.until("n2").await;
+    assert_eq!(
+        lines.len(),
+        1,
+        "nothing new after our own APPEND: {lines:?}"
+    );
+    a.send(b"u UID FETCH 6 (FLAGS RFC822.SIZE)\r\n").await;
+    let lines = a.until("u").await;
+    let fetch = lines.iter().find(|l| l.contains("FETCH")).expect("fetch");
+    for want in ["\\Recent", "\\Seen", "$Custom", "RFC822.SIZE 20"] {
+        assert!(fetch.contains(want), "{want} in {lines:?}");
+    }
+    // B appends right after: A's next command reports it (not \Recent for A).
+    b.send(b"p7 APPEND INBOX {20+}\r\nSubject: 7\r\n\r\nhello!\r\n")
+        .await;
+    b.until("p7").await;
+    a.send(b"p8 APPEND INBOX {20+}\r\nSubject: 8\r\n\r\nhello!\r\n")
+        .await;
+    let lines = a.until("p8").await;
+    assert!(lines.iter().any(|l| l == "* 7 EXISTS\r\n"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "* 5 RECENT\r\n"), "{lines:?}");
+    a.send(b"u UID FETCH 7:8 (FLAGS)\r\n").await;
+    let lines = a.until("u").await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        !lines[0].contains("\\Recent") && lines[1].contains("\\Recent"),
+        "{lines:?}"
+    );
 }
 
 /// FETCH of ENVELOPE / RFC822.HEADER over many messages reads header blocks a chunk at a

@@ -215,6 +215,8 @@ pub struct Appended {
     pub uid: Uid,
     /// The stored body.
     pub message: MessageId,
+    /// The mailbox's MODSEQ after the append (the new message's).
+    pub modseq: ModSeq,
 }
 
 /// A flag change's effect on one message.

@@ -867,12 +867,13 @@ fn append_one(
         message.flags.keywords_text(),
         modseq,
     ])?;
+    let modseq = ModSeq(int(modseq)?);
     events.push((
         account,
         Change::Appended {
             mailbox,
             uid,
-            modseq: ModSeq(int(modseq)?),
+            modseq,
         },
     ));
     Ok(Appended {
@@ -881,6 +882,7 @@ fn append_one(
         uid_validity,
         uid,
         message: MessageId(message_id),
+        modseq,
     })
 }
 
