@@ -273,6 +273,21 @@ pub async fn alias(config_path: &Path, cmd: AliasCommand) -> Result<()> {
 }
 
 /// Runs a `queue` command.
+/// How old an unreferenced body file must be before garbage collection removes it: a
+/// delivery writes its body file before the rows that refer to it commit.
+pub(crate) const GC_MIN_BLOB_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `tessera gc`: what `serve` does every hour, once, now (safe while the server runs).
+pub async fn gc(config_path: &Path) -> Result<()> {
+    let store = open_store(config_path).await?;
+    let report = store.collect_garbage(GC_MIN_BLOB_AGE).await?;
+    println!(
+        "removed {} message row(s) and {} body/bodies no mailbox or queue entry refers to",
+        report.messages, report.blobs
+    );
+    Ok(())
+}
+
 pub async fn queue(config_path: &Path, cmd: QueueCommand) -> Result<()> {
     let store = open_store(config_path).await?;
     match cmd {

@@ -54,6 +54,8 @@ enum Command {
     /// TLS certificates: what is served, and the ACME renewal state.
     #[command(subcommand)]
     Cert(cert_cmd::CertCommand),
+    /// Remove the bodies and message rows of expunged mail now (`serve` does it every hour).
+    Gc,
     /// Check the configuration file and print the resolved settings.
     CheckConfig,
     /// Set up a real deployment in one command: config, domain, DKIM keys, admin account,
@@ -127,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => admin::user(&config_path, cmd).await,
         Command::Alias(cmd) => admin::alias(&config_path, cmd).await,
         Command::Queue(cmd) => admin::queue(&config_path, cmd).await,
+        Command::Gc => admin::gc(&config_path).await,
         Command::Dns(cmd) => dns_cmd::dns(&config_path, cmd).await,
         Command::Dkim(cmd) => dns_cmd::dkim(&config_path, cmd).await,
         Command::Cert(cmd) => cert_cmd::cert(&config_path, cmd).await,

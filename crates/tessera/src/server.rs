@@ -17,6 +17,9 @@ use crate::config::{Config, Listener, MtaStsModeFile, Service};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the local CA checks for new domains that need certificates.
 const CERT_REFRESH: Duration = Duration::from_secs(30);
+/// How often the store's garbage collection runs (bodies and message rows of expunged mail;
+/// the first run is one interval after start-up).
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The demo's domain and user.
 const DEMO_DOMAIN: &str = "example.test";
@@ -119,6 +122,20 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
             }
         })
     };
+    let collector = {
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(GC_INTERVAL);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => collect_garbage(&*store).await,
+                    _ = shutdown.triggered() => break,
+                }
+            }
+        })
+    };
     let reloader =
         (!config.certificates.is_empty()).then(|| certs.spawn_reloader(Duration::from_secs(10)));
     let outbound = {
@@ -147,6 +164,7 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         tracing::warn!("some sessions did not finish within {SHUTDOWN_GRACE:?}");
     }
     background.abort();
+    collector.abort();
     outbound.abort();
     if let Some(task) = acme_task {
         task.abort();
@@ -155,6 +173,19 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
         r.abort();
     }
     Ok(())
+}
+
+/// One garbage collection of the store (what `tessera gc` runs): the bodies and message
+/// rows of mail expunged from every mailbox and no longer queued. A failure is logged and
+/// retried at the next interval.
+async fn collect_garbage(store: &dyn Store) {
+    match store.collect_garbage(crate::admin::GC_MIN_BLOB_AGE).await {
+        Ok(r) if r.messages > 0 || r.blobs > 0 => {
+            tracing::info!(messages = r.messages, bodies = r.blobs, "garbage collected");
+        }
+        Ok(_) => tracing::debug!("garbage collection: nothing to remove"),
+        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+    }
 }
 
 /// Applies `[outbound]` over the worker's production defaults.

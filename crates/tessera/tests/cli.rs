@@ -417,3 +417,68 @@ fn demo_runs_prints_endpoints_and_is_managed_while_running() {
     assert!(ok(&config, &["user", "list"], None).contains("bob@example.test"));
     assert!(stop(child).success());
 }
+
+/// `tessera gc` removes the body and row of a message expunged from its mailbox, and
+/// nothing that a mailbox still holds.
+#[test]
+fn gc_removes_expunged_mail_and_keeps_the_rest() {
+    let (dir, config) = setup();
+    ok(&config, &["domain", "add", "example.org"], None);
+    ok(
+        &config,
+        &["user", "add", "alice@example.org", "--password-stdin"],
+        Some("a long password\n"),
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let data = dir.path().join("data");
+    let message = |text: &str| store::NewMessage {
+        bytes: std::sync::Arc::new(format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes()),
+        flags: store::Flags::default(),
+        internal_date: 1_700_000_000,
+        tz_offset_minutes: 0,
+    };
+    let (kept, inbox, alice) = runtime.block_on(async {
+        use store::Store;
+        let s = store::SqliteStore::open(&data).await.expect("store");
+        let address = store::Address::parse("alice@example.org").expect("address");
+        let alice = s.account(&address).await.expect("q").expect("alice").id;
+        let inbox = s
+            .mailbox(alice, "INBOX")
+            .await
+            .expect("q")
+            .expect("inbox")
+            .id;
+        let kept = s
+            .append(alice, inbox, message("kept"))
+            .await
+            .expect("append");
+        let gone = s
+            .append(alice, inbox, message("gone"))
+            .await
+            .expect("append");
+        s.expunge(alice, inbox, Some(&[gone.uid]), true)
+            .await
+            .expect("expunge");
+        (kept, inbox, alice)
+    });
+    let out = ok(&config, &["gc"], None);
+    assert!(
+        out.contains("removed 1 message row(s) and 1 body/bodies"),
+        "{out}"
+    );
+    let out = ok(&config, &["gc"], None);
+    assert!(
+        out.contains("removed 0 message row(s) and 0 body/bodies"),
+        "{out}"
+    );
+    runtime.block_on(async {
+        use store::Store;
+        let s = store::SqliteStore::open(&data).await.expect("store");
+        let left = s.messages(alice, inbox).await.expect("list");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].uid, kept.uid);
+        let body = s.read_message(alice, kept.message).await.expect("body");
+        assert_eq!(body, b"Subject: kept\r\n\r\nkept\r\n");
+        assert!(s.missing_blobs().await.expect("check").is_empty());
+    });
+}
