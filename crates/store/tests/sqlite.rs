@@ -1082,3 +1082,48 @@ async fn recent_uid_only_grows_and_is_scoped_to_the_account() {
     let status = store.mailbox_status(alice, inbox.id).await.expect("status");
     assert_eq!(status.recent_uid, store::Uid(7));
 }
+
+/// A write that finds the writer idle commits on the caller's thread, but never waits there
+/// for a write lock another connection holds (the CLI, the garbage collector): it goes to the
+/// writer thread instead, and the caller's runtime thread stays free meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_never_waits_for_another_connections_lock_on_the_callers_thread() {
+    let (dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    let a = store.append(alice, inbox.id, msg("locked")).await.expect("append");
+    let db = dir.path().join("tessera.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).expect("open");
+        c.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        locked_tx.send(()).expect("send");
+        std::thread::sleep(Duration::from_millis(400));
+        c.execute_batch("ROLLBACK").expect("unlock");
+    });
+    locked_rx.recv().expect("locked");
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let seen = Flags::from_names(["\\Seen"]).expect("flags");
+    let started = std::time::Instant::now();
+    let updates = store
+        .store_flags(alice, inbox.id, &[a.uid], FlagOp::Add, &seen)
+        .await
+        .expect("the write waits for the lock, then commits");
+    let waited = started.elapsed();
+    ticker.abort();
+    holder.join().expect("holder");
+    assert_eq!(updates.len(), 1);
+    assert!(waited >= Duration::from_millis(300), "it waited: {waited:?}");
+    let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ticks >= 10,
+        "the runtime thread stayed free: {ticks} ticks in {waited:?}"
+    );
+}

@@ -9,7 +9,9 @@
 //!   its answer without a hand-off. A lone IMAP session's STORE or APPEND used to cost two
 //!   thread wake-ups (caller to writer thread and back), a large part of its latency on a
 //!   small machine. The caller's thread is blocked for one small transaction and its fsync,
-//!   as it would be in a synchronous server; only one caller at a time can be there.
+//!   as it would be in a synchronous server; only one caller at a time can be there. It
+//!   never waits for a write lock held by another connection (the CLI, the garbage
+//!   collector): the transaction is begun without waiting, else the job is queued.
 //! - **Queued**, otherwise: the job goes on a bounded tokio channel ([`super::QUEUE_DEPTH`]:
 //!   callers wait for room, which is the backpressure). The thread blocks on it, takes the
 //!   connection, takes every job waiting (up to [`MAX_BATCH`]) and runs them as one batch.
@@ -293,8 +295,14 @@ impl Writer {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Some(job),
         };
+        // Another connection may hold the write lock (the CLI in another process, the
+        // garbage collector's transaction): a caller must not wait for it on a runtime
+        // thread, so the transaction is begun without waiting, else the job is queued.
+        if !begin_without_waiting(&state.conn) {
+            return Some(job);
+        }
         let mut batch = vec![job];
-        self.shared.run(&mut state, &mut batch);
+        self.shared.run(&mut state, &mut batch, true);
         None
     }
 }
@@ -308,10 +316,18 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs one batch on the connection held as `state`, then the checkpoint bookkeeping.
-    fn run(&self, state: &mut State, batch: &mut Vec<Job>) {
+    /// Runs one batch on the connection held as `state` (its transaction `begun` already,
+    /// or not), then the checkpoint bookkeeping.
+    fn run(&self, state: &mut State, batch: &mut Vec<Job>, begun: bool) {
         WAL_FRAMES.set(-1);
-        run_batch(&mut state.conn, batch, &self.blobs, &self.feed, &self.stats);
+        run_batch(
+            &mut state.conn,
+            batch,
+            &self.blobs,
+            &self.feed,
+            &self.stats,
+            begun,
+        );
         let frames = WAL_FRAMES.get();
         if frames < 0 {
             return; // nothing was written to the WAL
@@ -383,6 +399,25 @@ fn open(db: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// `BEGIN IMMEDIATE` if the write lock is free at once; false (no transaction) if another
+/// connection holds it or the statement failed otherwise.
+fn begin_without_waiting(conn: &Connection) -> bool {
+    if conn.busy_timeout(Duration::ZERO).is_err() {
+        return false;
+    }
+    let begun = exec(conn, "BEGIN IMMEDIATE").is_ok();
+    if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+        // Without its timeout the connection would fail at the first wait: undo and let the
+        // writer thread (whose statements wait) take the job.
+        tracing::warn!(error = %e, "cannot restore the writer's busy timeout");
+        if begun {
+            let _ = exec(conn, "ROLLBACK");
+        }
+        return false;
+    }
+    begun
+}
+
 fn writer_thread(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -397,17 +432,20 @@ fn writer_thread(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
             }
         }
         shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        shared.run(&mut state, &mut batch);
+        shared.run(&mut state, &mut batch, false);
     }
 }
 
 /// Runs one batch, draining `batch`; every job is answered.
+/// `begun`: the caller has opened the transaction already (the inline path; its jobs carry
+/// no body to write as a file).
 fn run_batch(
     conn: &mut Connection,
     batch: &mut Vec<Job>,
     blobs: &BlobStore,
     feed: &ChangeFeed,
     stats: &WriterStats,
+    begun: bool,
 ) {
     // 1. The batch's large bodies are written and made durable (one filesystem sync) before
     //    any row refers to them; small ones go into the transaction itself (step 2).
@@ -425,7 +463,7 @@ fn run_batch(
         return;
     }
     // 2. One transaction, one savepoint per job.
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+    if !begun && let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         fail_all(batch, &e);
         return;
     }
