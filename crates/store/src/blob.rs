@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -88,7 +89,13 @@ impl BlobStore {
     /// after this returns), and [`BlobStore::exists_intact`] refuses to reuse it, so the next
     /// identical body overwrites it.
     pub fn write_batch(&self, blobs: &[PendingBlob]) -> Result<(), StoreError> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
         let mut written = Vec::new();
+        // Held while files are kept or written: garbage collection never removes a file
+        // between the check that it exists and the refresh of its mtime below.
+        let guard = self.collection_lock()?;
         for blob in blobs {
             let path = self.path(&blob.hash);
             if self.exists_intact(blob, &path) {
@@ -114,10 +121,44 @@ impl BlobStore {
             }
             written.push(path);
         }
+        drop(guard);
         if written.is_empty() {
             return Ok(());
         }
         self.sync(&written)
+    }
+
+    /// An exclusive lock on `blobs.lock` beside the root (`<data_dir>/blobs.lock`), released
+    /// when the file is dropped. It
+    /// serialises keeping an existing file for a new message (which refreshes its mtime)
+    /// with garbage collection's age check and removal, across processes too (`tessera gc`
+    /// beside `tessera serve`).
+    fn collection_lock(&self) -> Result<File, StoreError> {
+        let path = self.root.with_extension("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| blob_err(&path, e))?;
+        file.lock().map_err(|e| blob_err(&path, e))?;
+        Ok(file)
+    }
+
+    /// Removes the file of `hash` if it was last modified at least `min_age` ago (garbage
+    /// collection); true when removed.
+    pub fn remove_if_older(&self, hash: &BlobHash, min_age: Duration) -> Result<bool, StoreError> {
+        let _guard = self.collection_lock()?;
+        let age = fs::metadata(self.path(hash))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        if age < min_age {
+            return Ok(false);
+        }
+        self.remove(hash)?;
+        Ok(true)
     }
 
     /// Whether the file at `path` holds exactly `blob` (a dedup hit must never trust a file
@@ -223,6 +264,50 @@ fn blob_err(path: &Path, e: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Garbage collection's removal waits while the lock is held (as a delivery keeping the
+    /// same file holds it), removes only files old enough, and a young file stays.
+    #[test]
+    fn removal_waits_for_the_lock_and_respects_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("open"));
+        let old = PendingBlob::new(Arc::new(b"old body".to_vec()));
+        let young = PendingBlob::new(Arc::new(b"young body".to_vec()));
+        blobs
+            .write_batch(&[old.clone(), young.clone()])
+            .expect("write");
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(blobs.path(&old.hash))
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .expect("age the file");
+        let guard = blobs.collection_lock().expect("lock");
+        let remover = {
+            let blobs = blobs.clone();
+            let hash = old.hash;
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let removed = blobs.remove_if_older(&hash, Duration::from_secs(3600));
+                (removed.expect("remove"), started.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(blobs.path(&old.hash).exists(), "removed while locked");
+        drop(guard);
+        let (removed, waited) = remover.join().expect("join");
+        assert!(
+            removed && waited >= Duration::from_millis(150),
+            "{waited:?}"
+        );
+        assert!(!blobs.path(&old.hash).exists());
+        assert!(
+            !blobs
+                .remove_if_older(&young.hash, Duration::from_secs(3600))
+                .expect("young")
+        );
+        assert!(blobs.path(&young.hash).exists());
+    }
 
     #[test]
     fn write_is_content_addressed_and_idempotent() {

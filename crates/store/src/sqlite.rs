@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -1083,16 +1083,9 @@ impl Store for SqliteStore {
         let removed_blobs = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut n = 0;
             for hash in blobs.list()? {
-                if referenced.contains(&hash.to_hex()) {
-                    continue;
-                }
-                let age = std::fs::metadata(blobs.path(&hash))
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .unwrap_or_default();
-                if age >= min_blob_age {
-                    blobs.remove(&hash)?;
+                if !referenced.contains(&hash.to_hex())
+                    && blobs.remove_if_older(&hash, min_blob_age)?
+                {
                     n += 1;
                 }
             }

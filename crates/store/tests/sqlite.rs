@@ -1091,7 +1091,10 @@ async fn a_write_never_waits_for_another_connections_lock_on_the_callers_thread(
     let (dir, store) = open().await;
     let alice = with_user(&*store, "alice@example.org", "x").await;
     let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
-    let a = store.append(alice, inbox.id, msg("locked")).await.expect("append");
+    let a = store
+        .append(alice, inbox.id, msg("locked"))
+        .await
+        .expect("append");
     let db = dir.path().join("tessera.db");
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
@@ -1120,7 +1123,10 @@ async fn a_write_never_waits_for_another_connections_lock_on_the_callers_thread(
     ticker.abort();
     holder.join().expect("holder");
     assert_eq!(updates.len(), 1);
-    assert!(waited >= Duration::from_millis(300), "it waited: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "it waited: {waited:?}"
+    );
     let ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         ticks >= 10,
