@@ -8,8 +8,9 @@
 //!   consistent read of the store.
 //! - A session never uses a snapshot as is: it reads the mailbox's current HIGHESTMODSEQ and,
 //!   when the snapshot is older, applies what changed since (`messages_changed_since`,
-//!   `expunged_since`; the expunge log is never pruned while the mailbox exists). So the
-//!   index cannot serve anything staler than the store at the start of the SELECT.
+//!   `expunged_since`), or reads the mailbox whole when garbage collection has pruned the
+//!   expunge log past the snapshot (`expunged_since` answers `None`). So the index cannot
+//!   serve anything staler than the store at the start of the SELECT.
 //! - A snapshot is only used for the account, mailbox id *and* UIDVALIDITY it was built for.
 //! - Shared by all sessions of all accounts (a mailbox id belongs to one account, and sessions
 //!   only ask for ids of their own account). Memory is bounded: at most [`MAX_CACHED_MESSAGES`]

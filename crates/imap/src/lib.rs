@@ -37,7 +37,9 @@
 //! - A session's HIGHESTMODSEQ is read from the store before the messages it describes, so
 //!   it never claims a change the session has not loaded; it is only announced outside
 //!   SELECT when no expunge is withheld (a client resyncing from it would miss those).
-//!   Changes are loaded incrementally (`messages_changed_since`, `expunged_since`).
+//!   Changes are loaded incrementally (`messages_changed_since`, `expunged_since`); a
+//!   session's own STORE, EXPUNGE and APPEND are applied from the store's answer when the
+//!   change feed shows nothing else happened in between (no MODSEQ gap).
 //! - After `ENABLE QRESYNC` expunges are announced as `VANISHED` and unsolicited FETCH
 //!   responses carry UID; after any CONDSTORE-enabling command FETCH FLAGS carries MODSEQ.
 

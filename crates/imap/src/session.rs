@@ -14,7 +14,7 @@ use crate::index::{self, Msg};
 use crate::mailbox_name::{self, DELIMITER, NameError};
 use crate::mime::{self, MimeMessage};
 use crate::search;
-use crate::seqset::{SeqSet, compact};
+use crate::seqset::{SeqSet, compact, format_ranges, missing};
 use crate::wire::{
     self, Command, CommandBody, FetchAttr, ListOptions, Lossy, ParseError, SectionText, StatusItem,
     StoreMode, push_literal, push_string,
@@ -841,7 +841,7 @@ impl Session<'_> {
         if let Some(q) = qresync
             && q.uid_validity == info.uid_validity.0
         {
-            self.qresync_report(q).await?;
+            self.qresync_report(q, info.uid_next.0).await?;
         }
         Ok(if examine {
             "[READ-ONLY] EXAMINE completed".into()
@@ -866,18 +866,17 @@ impl Session<'_> {
                 return Ok(snap);
             }
             let since = store::ModSeq(snap.modseq);
-            let changed = store
-                .messages_changed_since(account, info.id, since)
-                .await?;
-            let gone: Vec<u32> = store
-                .expunged_since(account, info.id, since)
-                .await?
-                .into_iter()
-                .map(|u| u.0)
-                .collect();
-            let next = Arc::new(snap.advanced(hms, &changed, &gone));
-            cache.put((account, info.id), next.clone());
-            return Ok(next);
+            // When the expunge log no longer reaches back to the snapshot (garbage
+            // collection bounds it), the mailbox is read whole below.
+            if let Some(gone) = store.expunged_since(account, info.id, since).await? {
+                let gone: Vec<u32> = gone.into_iter().map(|u| u.0).collect();
+                let changed = store
+                    .messages_changed_since(account, info.id, since)
+                    .await?;
+                let next = Arc::new(snap.advanced(hms, &changed, &gone));
+                cache.put((account, info.id), next.clone());
+                return Ok(next);
+            }
         }
         let metas = store.message_flags(account, info.id).await?;
         let snap = Arc::new(index::MailboxIndex {
@@ -897,7 +896,11 @@ impl Session<'_> {
     /// RFC 7162 §3.2.5.1: after SELECT (QRESYNC ...) with a matching UIDVALIDITY, report
     /// what changed since the client's MODSEQ: `VANISHED (EARLIER)` for expunged UIDs, then
     /// FETCH (UID FLAGS MODSEQ) for changed messages; both limited to the known UIDs.
-    async fn qresync_report(&mut self, q: &wire::QresyncParams) -> Result<(), CmdError> {
+    async fn qresync_report(
+        &mut self,
+        q: &wire::QresyncParams,
+        uid_next: u32,
+    ) -> Result<(), CmdError> {
         let account = self.account_id()?;
         let sel = self.selected.as_ref().ok_or(CmdError::Close)?;
         let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
@@ -911,15 +914,32 @@ impl Session<'_> {
                 .as_ref()
                 .is_none_or(|set| set.contains(uid, largest))
         };
-        let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
-        let vanished: Vec<u32> = gone
-            .iter()
-            .map(|u| u.0)
-            .filter(|&u| in_known(u, largest))
-            .collect();
+        let vanished = match gone {
+            Some(gone) => {
+                let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
+                let uids: Vec<u32> = gone
+                    .iter()
+                    .map(|u| u.0)
+                    .filter(|&u| in_known(u, largest))
+                    .collect();
+                compact(&uids)
+            }
+            // The expunge log no longer reaches back to the client's MODSEQ: every UID
+            // below UIDNEXT that the client may know and the mailbox does not hold (a
+            // client ignores UIDs it never had).
+            None => {
+                let largest = uid_next.saturating_sub(1).max(max_uid);
+                let within = q.known_uids.as_ref().map(|k| k.ranges(max_uid));
+                format_ranges(&missing(
+                    sel.msgs.iter().map(|m| m.uid),
+                    largest,
+                    within.as_deref(),
+                ))
+            }
+        };
         let mut lines = Vec::new();
         if !vanished.is_empty() {
-            lines.push(format!("VANISHED (EARLIER) {}", compact(&vanished)));
+            lines.push(format!("VANISHED (EARLIER) {vanished}"));
         }
         for (i, m) in sel.msgs.iter().enumerate() {
             if m.modseq > q.modseq && in_known(m.uid, max_uid) {
@@ -2336,15 +2356,31 @@ impl Session<'_> {
                     .expunged_since(account, sel.id, store::ModSeq(since))
                     .await?;
                 let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
-                let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
-                let uids: Vec<u32> = gone
-                    .iter()
-                    .map(|u| u.0)
-                    .filter(|&u| set.contains(u, largest))
-                    .filter(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err())
-                    .collect();
-                if !uids.is_empty() {
-                    self.untagged(&format!("VANISHED (EARLIER) {}", compact(&uids)));
+                let vanished = match gone {
+                    Some(gone) => {
+                        let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
+                        let uids: Vec<u32> = gone
+                            .iter()
+                            .map(|u| u.0)
+                            .filter(|&u| set.contains(u, largest))
+                            .filter(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err())
+                            .collect();
+                        compact(&uids)
+                    }
+                    // The expunge log no longer reaches back to `since`: every UID of the
+                    // set this session does not show (the client ignores UIDs it never had).
+                    None => {
+                        let within = set.ranges(max_uid);
+                        let largest = within.last().map_or(0, |r| r.1);
+                        format_ranges(&missing(
+                            sel.msgs.iter().map(|m| m.uid),
+                            largest,
+                            Some(&within),
+                        ))
+                    }
+                };
+                if !vanished.is_empty() {
+                    self.untagged(&format!("VANISHED (EARLIER) {vanished}"));
                 }
             }
         }

@@ -27,6 +27,7 @@ struct Server {
     plain: SocketAddr,
     ca: PathBuf,
     shutdown: Shutdown,
+    store: Arc<SqliteStore>,
 }
 
 impl Drop for Server {
@@ -60,6 +61,7 @@ async fn start() -> Server {
         .unwrap();
     let ca = certs.ca_path().unwrap();
     let tls_config = certs.server_config(vec![b"imap".to_vec()]);
+    let sqlite = store.clone();
     let store: Arc<dyn Store> = store;
     let throttle = Arc::new(LoginThrottle::new(ThrottleConfig::disabled()));
     let server = Arc::new(ImapServer::new(
@@ -101,6 +103,7 @@ async fn start() -> Server {
         plain: addrs[2],
         ca,
         shutdown,
+        store: sqlite,
     }
 }
 
@@ -739,6 +742,103 @@ async fn own_changes_skip_the_reread_but_other_sessions_changes_are_reported() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(
         !lines[0].contains("\\Recent") && lines[1].contains("\\Recent"),
+        "{lines:?}"
+    );
+}
+
+/// After garbage collection bounded the expunge log, a client resyncing from a MODSEQ below
+/// what is left still learns every UID that vanished (QRESYNC at SELECT, and FETCH
+/// CHANGEDSINCE ... VANISHED), and a session whose shared snapshot predates the pruning
+/// reads the mailbox whole instead of missing an expunge.
+#[tokio::test]
+async fn resync_from_below_a_pruned_expunge_log_still_reports_every_vanished_uid() {
+    let s = start().await;
+    let mut a = logged_in_plain(&s).await;
+    for i in 1..=8 {
+        let tag = format!("p{i}");
+        a.send(format!("{tag} APPEND INBOX {{20+}}\r\nSubject: {i}\r\n\r\nhello!\r\n").as_bytes())
+            .await;
+        a.until(&tag).await;
+    }
+    a.send(b"e ENABLE QRESYNC\r\n").await;
+    a.until("e").await;
+    a.send(b"s SELECT INBOX\r\n").await;
+    let lines = a.until("s").await;
+    let modseq_of = |lines: &[String]| -> u64 {
+        let l = lines
+            .iter()
+            .find(|l| l.contains("[HIGHESTMODSEQ "))
+            .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {lines:?}"));
+        let n = l.split("[HIGHESTMODSEQ ").nth(1).unwrap();
+        n[..n.find(']').unwrap()].parse().unwrap()
+    };
+    let validity_of = |lines: &[String]| -> u32 {
+        let l = lines.iter().find(|l| l.contains("[UIDVALIDITY ")).unwrap();
+        let n = l.split("[UIDVALIDITY ").nth(1).unwrap();
+        n[..n.find(']').unwrap()].parse().unwrap()
+    };
+    let (old, validity) = (modseq_of(&lines), validity_of(&lines));
+    // B keeps INBOX selected: its snapshot is from before the expunges.
+    let mut b = logged_in_plain(&s).await;
+    b.send(b"s SELECT INBOX\r\n").await;
+    b.until("s").await;
+    // A expunges UIDs 2, 3, 5 and 8, one at a time.
+    for uid in [2, 3, 5, 8] {
+        a.send(format!("d UID STORE {uid} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes())
+            .await;
+        a.until("d").await;
+        a.send(format!("x UID EXPUNGE {uid}\r\n").as_bytes()).await;
+        a.until("x").await;
+    }
+    // Garbage collection keeps only the newest expunge of each mailbox.
+    assert_eq!(s.store.prune_expunge_log(1).await.expect("prune"), 3);
+    a.send(b"c CLOSE\r\n").await;
+    a.until("c").await;
+
+    // SELECT with QRESYNC from before the expunges (no known UIDs: up to UIDNEXT-1).
+    a.send(format!("q SELECT INBOX (QRESYNC ({validity} {old}))\r\n").as_bytes())
+        .await;
+    let lines = a.until("q").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "* VANISHED (EARLIER) 2:3,5,8\r\n"),
+        "{lines:?}"
+    );
+    // With known UIDs: only those.
+    a.send(format!("q2 SELECT INBOX (QRESYNC ({validity} {old} 1:5))\r\n").as_bytes())
+        .await;
+    let lines = a.until("q2").await;
+    assert!(
+        lines.iter().any(|l| l == "* VANISHED (EARLIER) 2:3,5\r\n"),
+        "{lines:?}"
+    );
+    // FETCH CHANGEDSINCE ... VANISHED over a UID set.
+    a.send(format!("f UID FETCH 4:8 (FLAGS) (CHANGEDSINCE {old} VANISHED)\r\n").as_bytes())
+        .await;
+    let lines = a.until("f").await;
+    assert!(
+        lines.iter().any(|l| l == "* VANISHED (EARLIER) 5,8\r\n"),
+        "{lines:?}"
+    );
+    // From a MODSEQ the log still covers: exactly what it holds.
+    let recent = old + 7; // after the first three expunges (two MODSEQs each)
+    a.send(format!("f2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {recent} VANISHED)\r\n").as_bytes())
+        .await;
+    let lines = a.until("f2").await;
+    assert!(
+        lines.iter().any(|l| l == "* VANISHED (EARLIER) 8\r\n"),
+        "{lines:?}"
+    );
+    // B, whose view predates the pruning, is told of all four expunges.
+    b.send(b"n NOOP\r\n").await;
+    let lines = b.until("n").await;
+    let expunges = lines.iter().filter(|l| l.ends_with(" EXPUNGE\r\n")).count();
+    assert_eq!(expunges, 4, "{lines:?}");
+    b.send(b"u UID SEARCH ALL\r\n").await;
+    let lines = b.until("u").await;
+    assert!(
+        lines.iter().any(|l| l == "* SEARCH 1 4 6 7\r\n"),
         "{lines:?}"
     );
 }

@@ -246,7 +246,13 @@ pub struct GarbageReport {
     pub messages: u64,
     /// Bodies (inline rows and files) nothing referred to any more.
     pub blobs: u64,
+    /// Entries removed from the expunge log (each mailbox keeps its newest
+    /// [`EXPUNGE_LOG_KEEP`]).
+    pub expunge_log: u64,
 }
+
+/// Entries of each mailbox's expunge log that garbage collection keeps (the newest).
+pub const EXPUNGE_LOG_KEEP: usize = 10_000;
 
 /// How much of `bytes` [`Store::read_message_header`] returns: up to and including the first
 /// CRLF CRLF, at most `max`.
@@ -547,13 +553,14 @@ pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
     // ---- RFC 7162 resynchronisation (CONDSTORE / QRESYNC) ----
 
     /// UIDs expunged from the mailbox with a MODSEQ above `modseq`, ascending (QRESYNC
-    /// VANISHED). Empty for a mailbox of another account.
+    /// VANISHED); `None` when the expunge log, which garbage collection bounds, no longer
+    /// reaches back to `modseq`. Empty for a mailbox of another account.
     async fn expunged_since(
         &self,
         account: AccountId,
         mailbox: MailboxId,
         modseq: ModSeq,
-    ) -> Result<Vec<Uid>>;
+    ) -> Result<Option<Vec<Uid>>>;
     /// The messages whose MODSEQ is above `modseq` (new or changed), in UID order
     /// (CHANGEDSINCE without reading the whole mailbox).
     async fn messages_changed_since(

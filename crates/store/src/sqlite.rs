@@ -71,6 +71,7 @@ const SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0008_uidvalidity.sql"),
     include_str!("../migrations/sqlite/0009_expunged_modseq.sql"),
     include_str!("../migrations/sqlite/0010_recent.sql"),
+    include_str!("../migrations/sqlite/0011_expunge_floor.sql"),
 ];
 
 /// The SQLite store of one data directory (`tessera.db` and `blobs/`).
@@ -101,6 +102,47 @@ impl SqliteStore {
             self.stats.commits.load(Ordering::Relaxed),
             self.stats.jobs.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bounds the expunge log: each mailbox keeps its newest `keep` entries; the highest
+    /// MODSEQ removed becomes its `expunge_floor` (schema 11), below which
+    /// [`Store::expunged_since`] answers `None`. Returns the entries removed. Part of
+    /// [`Store::collect_garbage`] (with [`crate::EXPUNGE_LOG_KEEP`]).
+    pub async fn prune_expunge_log(&self, keep: usize) -> Result<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let mut tx = self.begin_immediate().await?;
+        let long: Vec<i64> = sqlx::query_scalar(
+            "SELECT mailbox_id FROM expunged GROUP BY mailbox_id HAVING COUNT(*) > ?",
+        )
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut removed = 0;
+        for mailbox in long {
+            // The newest entry to go: entries of one expunge share a MODSEQ, so all of them
+            // at or below it go (a few more than `keep` may).
+            let cut: Option<i64> = sqlx::query_scalar(
+                "SELECT modseq FROM expunged INDEXED BY expunged_modseq WHERE mailbox_id = ? ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+            )
+            .bind(mailbox)
+            .bind(keep)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(cut) = cut else { continue };
+            removed += sqlx::query("DELETE FROM expunged WHERE mailbox_id = ? AND modseq <= ?")
+                .bind(mailbox)
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE mailboxes SET expunge_floor = MAX(expunge_floor, ?) WHERE id = ?")
+                .bind(cut)
+                .bind(mailbox)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
     }
 
     /// Opens (creating and migrating if needed) the store in `data_dir`.
@@ -1093,9 +1135,11 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("garbage collector task: {e}")))??;
+        let expunge_log = self.prune_expunge_log(crate::EXPUNGE_LOG_KEEP).await?;
         Ok(GarbageReport {
             messages: removed,
             blobs: removed_blobs + inline_removed,
+            expunge_log,
         })
     }
 
@@ -1126,7 +1170,7 @@ impl Store for SqliteStore {
         account: AccountId,
         mailbox: MailboxId,
         modseq: ModSeq,
-    ) -> Result<Vec<Uid>> {
+    ) -> Result<Option<Vec<Uid>>> {
         self.read_expunged_since(account, mailbox, modseq).await
     }
 

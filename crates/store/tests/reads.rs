@@ -137,7 +137,7 @@ async fn each_read_sees_the_commit_made_just_before() {
             .expunged_since(alice, inbox, after_flags.highest_modseq)
             .await
             .expect("vanished");
-        assert_eq!(vanished, [a.uid], "round {i}: expunge log");
+        assert_eq!(vanished, Some(vec![a.uid]), "round {i}: expunge log");
         assert!(
             store
                 .message_flags(alice, inbox)
@@ -221,7 +221,7 @@ async fn another_accounts_mailbox_and_messages_read_as_absent() {
             .expunged_since(alice, alice_inbox, ModSeq(0))
             .await
             .expect("q"),
-        [b.uid]
+        Some(vec![b.uid])
     );
 
     let (id, all) = (alice_inbox, (Uid(1), Uid(u32::MAX)));
@@ -245,7 +245,7 @@ async fn another_accounts_mailbox_and_messages_read_as_absent() {
             .expunged_since(mallory, id, ModSeq(0))
             .await
             .expect("q")
-            .is_empty()
+            .is_some_and(|u| u.is_empty())
     );
     assert!(
         store

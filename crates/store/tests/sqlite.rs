@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use store::{
-    Address, AliasSource, Change, Domain, FlagOp, Flags, NewAccount, NewMessage, SpecialUse,
-    SqliteStore, Store, StoreError, SystemFlags, Uid, password,
+    Address, AliasSource, Change, Domain, FlagOp, Flags, ModSeq, NewAccount, NewMessage,
+    SpecialUse, SqliteStore, Store, StoreError, SystemFlags, Uid, password,
 };
 
 fn addr(s: &str) -> Address {
@@ -1132,4 +1132,69 @@ async fn a_write_never_waits_for_another_connections_lock_on_the_callers_thread(
         ticks >= 10,
         "the runtime thread stayed free: {ticks} ticks in {waited:?}"
     );
+}
+
+/// Garbage collection bounds the expunge log: the newest entries stay, and asking for what
+/// vanished since a MODSEQ below what is left answers `None` (unknown), never a short list.
+#[tokio::test]
+async fn pruned_expunge_log_answers_unknown_below_its_floor() {
+    let (_dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    let mut uids = Vec::new();
+    for i in 0..6 {
+        uids.push(
+            store
+                .append(alice, inbox.id, msg(&format!("m{i}")))
+                .await
+                .expect("append")
+                .uid,
+        );
+    }
+    let mut after = Vec::new();
+    for &uid in &uids {
+        store
+            .expunge(alice, inbox.id, Some(&[uid]), true)
+            .await
+            .expect("expunge");
+        let info = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+        after.push(info.highest_modseq);
+    }
+    assert_eq!(
+        store
+            .expunged_since(alice, inbox.id, ModSeq(0))
+            .await
+            .expect("q"),
+        Some(uids.clone())
+    );
+    assert_eq!(store.prune_expunge_log(2).await.expect("prune"), 4);
+    assert_eq!(
+        store
+            .expunged_since(alice, inbox.id, ModSeq(0))
+            .await
+            .expect("q"),
+        None
+    );
+    // From the MODSEQ after the fourth expunge on, the log is whole.
+    assert_eq!(
+        store
+            .expunged_since(alice, inbox.id, after[3])
+            .await
+            .expect("q"),
+        Some(uids[4..].to_vec())
+    );
+    assert_eq!(
+        store
+            .expunged_since(alice, inbox.id, after[2])
+            .await
+            .expect("q"),
+        None
+    );
+    assert_eq!(store.prune_expunge_log(2).await.expect("again"), 0);
+    let report = store
+        .collect_garbage(Duration::from_secs(3600))
+        .await
+        .expect("gc");
+    assert_eq!(report.expunge_log, 0);
+    assert_eq!(report.messages, 6);
 }

@@ -282,8 +282,9 @@ pub async fn gc(config_path: &Path) -> Result<()> {
     let store = open_store(config_path).await?;
     let report = store.collect_garbage(GC_MIN_BLOB_AGE).await?;
     println!(
-        "removed {} message row(s) and {} body/bodies no mailbox or queue entry refers to",
-        report.messages, report.blobs
+        "removed {} message row(s) and {} body/bodies no mailbox or queue entry refers to, \
+         and {} old expunge-log entries",
+        report.messages, report.blobs, report.expunge_log
     );
     Ok(())
 }

@@ -54,7 +54,8 @@ enum Command {
     /// TLS certificates: what is served, and the ACME renewal state.
     #[command(subcommand)]
     Cert(cert_cmd::CertCommand),
-    /// Remove the bodies and message rows of expunged mail now (`serve` does it every hour).
+    /// Remove the bodies and message rows of expunged mail, and the oldest entries of long
+    /// expunge logs, now (`serve` does it every hour).
     Gc,
     /// Check the configuration file and print the resolved settings.
     CheckConfig,

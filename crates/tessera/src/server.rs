@@ -176,12 +176,17 @@ pub async fn serve(config: Config, banner: Option<DemoBanner>) -> Result<()> {
 }
 
 /// One garbage collection of the store (what `tessera gc` runs): the bodies and message
-/// rows of mail expunged from every mailbox and no longer queued. A failure is logged and
-/// retried at the next interval.
+/// rows of mail expunged from every mailbox and no longer queued, and the oldest entries of
+/// long expunge logs. A failure is logged and retried at the next interval.
 async fn collect_garbage(store: &dyn Store) {
     match store.collect_garbage(crate::admin::GC_MIN_BLOB_AGE).await {
-        Ok(r) if r.messages > 0 || r.blobs > 0 => {
-            tracing::info!(messages = r.messages, bodies = r.blobs, "garbage collected");
+        Ok(r) if r.messages > 0 || r.blobs > 0 || r.expunge_log > 0 => {
+            tracing::info!(
+                messages = r.messages,
+                bodies = r.blobs,
+                expunge_log = r.expunge_log,
+                "garbage collected"
+            );
         }
         Ok(_) => tracing::debug!("garbage collection: nothing to remove"),
         Err(e) => tracing::warn!(error = %e, "garbage collection failed"),

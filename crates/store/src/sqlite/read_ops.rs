@@ -59,6 +59,7 @@ const FLAGS: &str = "SELECT mm.uid, mm.message_id, mm.flags, mm.keywords, mm.mod
      WHERE mm.mailbox_id = ? AND b.account_id = ? ORDER BY mm.uid";
 const EXPUNGED_SINCE: &str = "SELECT e.uid FROM expunged e INDEXED BY expunged_modseq JOIN mailboxes b ON b.id = e.mailbox_id \
      WHERE e.mailbox_id = ? AND b.account_id = ? AND e.modseq > ? ORDER BY e.uid";
+const EXPUNGE_FLOOR: &str = "SELECT expunge_floor FROM mailboxes WHERE id = ? AND account_id = ?";
 const BODY: &str = "SELECT m.blob_hash, ib.data FROM messages m \
      LEFT JOIN inline_blobs ib ON ib.hash = m.blob_hash WHERE m.id = ? AND m.account_id = ?";
 const HEADER: &str = concat!(
@@ -262,18 +263,27 @@ impl SqliteStore {
             .await
     }
 
-    /// See [`Store::expunged_since`](crate::Store::expunged_since).
+    /// See [`Store::expunged_since`](crate::Store::expunged_since). The log is read before
+    /// the mailbox's floor: a pruning in between raises the floor, so the answer errs
+    /// towards `None`, never towards a list missing pruned UIDs.
     pub(super) async fn read_expunged_since(
         &self,
         account: AccountId,
         mailbox: MailboxId,
         modseq: ModSeq,
-    ) -> Result<Vec<Uid>> {
+    ) -> Result<Option<Vec<Uid>>> {
         let since = i64_of(modseq.0)?;
         self.lookups
             .read_scan(("expunged", mailbox.0), move |c| {
-                collect(c, EXPUNGED_SINCE, (mailbox.0, account.0, since), |r| {
+                let uids = collect(c, EXPUNGED_SINCE, (mailbox.0, account.0, since), |r| {
                     Ok(Uid(int(r.get(0)?)?))
+                })?;
+                let floor: Option<i64> = prepare(c, EXPUNGE_FLOOR)?
+                    .query_row((mailbox.0, account.0), |r| r.get(0))
+                    .optional()?;
+                Ok(match floor {
+                    Some(floor) if since < floor => None,
+                    _ => Some(uids),
                 })
             })
             .await
