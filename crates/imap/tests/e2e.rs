@@ -620,6 +620,17 @@ async fn shared_mailbox_index_never_serves_stale_state() {
     );
 }
 
+/// The number in the response code `[NAME n]` of the first line that has one.
+fn code_value(lines: &[String], name: &str) -> u64 {
+    let open = format!("[{name} ");
+    let l = lines
+        .iter()
+        .find(|l| l.contains(&open))
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"));
+    let n = l.split(&open).nth(1).unwrap();
+    n[..n.find(']').unwrap()].parse().unwrap()
+}
+
 /// A session's own STORE and EXPUNGE are applied from the store's answer without re-reading
 /// the mailbox; a change another session made in between must still be reported, and the
 /// HIGHESTMODSEQ a session reports must be the store's.
@@ -674,20 +685,16 @@ async fn own_changes_skip_the_reread_but_other_sessions_changes_are_reported() {
     a.send(b"x EXPUNGE\r\n").await;
     let lines = a.until("x").await;
     assert!(lines.iter().any(|l| l == "* 4 EXPUNGE\r\n"), "{lines:?}");
-    let hms = |lines: &[String]| -> u64 {
-        let l = lines
-            .iter()
-            .find(|l| l.contains("[HIGHESTMODSEQ "))
-            .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {lines:?}"));
-        let n = l.split("[HIGHESTMODSEQ ").nth(1).unwrap();
-        n[..n.find(']').unwrap()].parse().unwrap()
-    };
-    let after_expunge = hms(&lines);
+    let after_expunge = code_value(&lines, "HIGHESTMODSEQ");
     // A fresh session reads HIGHESTMODSEQ from the store: the same.
     let mut c = logged_in_plain(&s).await;
     c.send(b"s SELECT INBOX (CONDSTORE)\r\n").await;
     let lines = c.until("s").await;
-    assert_eq!(hms(&lines), after_expunge, "{lines:?}");
+    assert_eq!(
+        code_value(&lines, "HIGHESTMODSEQ"),
+        after_expunge,
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| l == "* 3 EXISTS\r\n"), "{lines:?}");
 
     b.send(b"p5 APPEND INBOX {20+}\r\nSubject: 5\r\n\r\nhello!\r\n")
@@ -764,20 +771,10 @@ async fn resync_from_below_a_pruned_expunge_log_still_reports_every_vanished_uid
     a.until("e").await;
     a.send(b"s SELECT INBOX\r\n").await;
     let lines = a.until("s").await;
-    let modseq_of = |lines: &[String]| -> u64 {
-        let l = lines
-            .iter()
-            .find(|l| l.contains("[HIGHESTMODSEQ "))
-            .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {lines:?}"));
-        let n = l.split("[HIGHESTMODSEQ ").nth(1).unwrap();
-        n[..n.find(']').unwrap()].parse().unwrap()
-    };
-    let validity_of = |lines: &[String]| -> u32 {
-        let l = lines.iter().find(|l| l.contains("[UIDVALIDITY ")).unwrap();
-        let n = l.split("[UIDVALIDITY ").nth(1).unwrap();
-        n[..n.find(']').unwrap()].parse().unwrap()
-    };
-    let (old, validity) = (modseq_of(&lines), validity_of(&lines));
+    let (old, validity) = (
+        code_value(&lines, "HIGHESTMODSEQ"),
+        code_value(&lines, "UIDVALIDITY"),
+    );
     // B keeps INBOX selected: its snapshot is from before the expunges.
     let mut b = logged_in_plain(&s).await;
     b.send(b"s SELECT INBOX\r\n").await;
