@@ -929,7 +929,7 @@ impl Session<'_> {
             // client ignores UIDs it never had).
             None => {
                 let largest = uid_next.saturating_sub(1).max(max_uid);
-                let within = q.known_uids.as_ref().map(|k| k.ranges(max_uid));
+                let within = q.known_uids.as_ref().map(|k| k.ranges(largest));
                 format_ranges(&missing(
                     sel.msgs.iter().map(|m| m.uid),
                     largest,
@@ -2369,8 +2369,16 @@ impl Session<'_> {
                     }
                     // The expunge log no longer reaches back to `since`: every UID of the
                     // set this session does not show (the client ignores UIDs it never had).
+                    // `*` stands for UIDNEXT-1 here, as the expunged UIDs above the last
+                    // present one may be in the client's cache.
                     None => {
-                        let within = set.ranges(max_uid);
+                        let uid_next = self
+                            .server
+                            .store
+                            .mailbox(account, &sel.name)
+                            .await?
+                            .map_or(0, |i| i.uid_next.0);
+                        let within = set.ranges(uid_next.saturating_sub(1).max(max_uid));
                         let largest = within.last().map_or(0, |r| r.1);
                         format_ranges(&missing(
                             sel.msgs.iter().map(|m| m.uid),

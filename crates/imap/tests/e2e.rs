@@ -818,6 +818,21 @@ async fn resync_from_below_a_pruned_expunge_log_still_reports_every_vanished_uid
         lines.iter().any(|l| l == "* VANISHED (EARLIER) 5,8\r\n"),
         "{lines:?}"
     );
+    // `*` reaches the expunged UID 8, above the last message present (7).
+    a.send(format!("f3 UID FETCH 6:* (FLAGS) (CHANGEDSINCE {old} VANISHED)\r\n").as_bytes())
+        .await;
+    let lines = a.until("f3").await;
+    assert!(
+        lines.iter().any(|l| l == "* VANISHED (EARLIER) 8\r\n"),
+        "{lines:?}"
+    );
+    a.send(format!("q3 SELECT INBOX (QRESYNC ({validity} {old} 4:*))\r\n").as_bytes())
+        .await;
+    let lines = a.until("q3").await;
+    assert!(
+        lines.iter().any(|l| l == "* VANISHED (EARLIER) 5,8\r\n"),
+        "{lines:?}"
+    );
     // From a MODSEQ the log still covers: exactly what it holds.
     let recent = old + 7; // after the first three expunges (two MODSEQs each)
     a.send(format!("f2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {recent} VANISHED)\r\n").as_bytes())
