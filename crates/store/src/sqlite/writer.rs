@@ -229,8 +229,6 @@ struct Shared {
 /// The connection and its checkpoint bookkeeping, held by whoever is committing.
 struct State {
     conn: Connection,
-    /// The WAL's size (pages) after the last commit that wrote to it.
-    frames: i32,
     /// The WAL's size when the checkpoint thread was last asked to run.
     requested_at: i32,
 }
@@ -250,7 +248,6 @@ pub(super) fn start(
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             conn,
-            frames: 0,
             requested_at: 0,
         }),
         queued: AtomicUsize::new(0),
@@ -276,11 +273,11 @@ impl Writer {
             None => return rx.try_recv().map_err(|_| StoreError::Closed)?,
             Some(job) => job,
         };
+        // Room is reserved first (a caller dropped while waiting for it leaves no count
+        // behind), then the job is counted and sent with no await in between.
+        let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(job).await.is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreError::Closed);
-        }
+        permit.send(job);
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -332,12 +329,10 @@ impl Shared {
         if frames < 0 {
             return; // nothing was written to the WAL
         }
-        state.frames = frames;
         if frames < state.requested_at {
             state.requested_at = 0; // the WAL restarted
         }
         if frames >= CHECKPOINT_INLINE_FRAMES {
-            state.frames = 0;
             state.requested_at = 0;
             checkpoint(&state.conn);
         } else if frames - state.requested_at >= CHECKPOINT_FRAMES {
