@@ -50,7 +50,7 @@ pub use queue::{
     QueuedMessage, QueuedRecipient, RecipientState,
 };
 pub use queue::{DEFAULT_RETRY_SCHEDULE_SECS, RecipientOutcome, RecipientResult, retry_delay};
-pub use sqlite::{INLINE_BODY_MAX, SqliteStore, WriterStats};
+pub use sqlite::{INLINE_BODY_MAX, NEW_DATABASE_PAGE_SIZE, SqliteStore, WriterStats};
 pub use types::{
     AccountId, Address, AliasSource, DEFAULT_MAILBOXES, Domain, DomainId, FlagOp, Flags, MailboxId,
     MessageId, ModSeq, SpecialUse, SystemFlags, Uid, UidValidity,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use store::{Address, Domain, NewAccount, NewMessage, SqliteStore, Store};
 
 /// Concurrent senders and messages each: enough WAL pages for several checkpoints and for the
-/// writer's own fallback checkpoint (at 4,000 pages).
+/// writer's own fallback checkpoint (at 16 MB of pages).
 const SENDERS: usize = 20;
 const EACH: usize = 100;
 /// A body like the benchmark's: 10 KB, stored inline (three pages or so).
@@ -56,8 +56,9 @@ async fn wal_stays_bounded_while_deliveries_never_stop() -> Result<(), Box<dyn s
 
     let total = SENDERS * EACH;
     // Without checkpoints and WAL restarts the WAL would hold every page written: more than
-    // `total` bodies of 10 KB. Bounded: the writer's fallback threshold (4,000 pages of 4 KiB
-    // plus a 24-byte frame header) and a few batches' worth on top.
+    // `total` bodies of 10 KB. Bounded: the writer's fallback threshold (16 MB of pages,
+    // 4,000 of 4 KiB or 2,000 of 8 KiB, each with a 24-byte frame header) and a few batches'
+    // worth on top.
     let wal = std::fs::metadata(dir.path().join("tessera.db-wal"))?.len();
     let bound = 5_000 * (4096 + 24);
     assert!(

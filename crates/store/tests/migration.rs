@@ -133,6 +133,8 @@ async fn version_6_database_migrates_and_its_messages_read_back_exactly()
         assert_eq!(index, None, "messages_blob is still there");
         let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         assert_eq!(check, "ok");
+        let page: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        assert_eq!(page, 4096, "an existing database keeps its page size");
     }
 
     // New mail after the migration: a body an old message already has, and a new one.

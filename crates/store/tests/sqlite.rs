@@ -1198,3 +1198,27 @@ async fn pruned_expunge_log_answers_unknown_below_its_floor() {
     assert_eq!(report.expunge_log, 0);
     assert_eq!(report.messages, 6);
 }
+
+/// A database created by the store has 8 KiB pages and stays consistent under writes.
+#[tokio::test]
+async fn a_new_database_has_eight_kib_pages() {
+    let (dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    for i in 0..20 {
+        store
+            .append(alice, inbox.id, msg(&format!("{i} {}", "x".repeat(10_000))))
+            .await
+            .expect("append");
+    }
+    let db = rusqlite::Connection::open(dir.path().join("tessera.db")).expect("open");
+    let page: u32 = db
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    assert_eq!(page, store::NEW_DATABASE_PAGE_SIZE);
+    assert_eq!(page, 8192);
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(check, "ok");
+}

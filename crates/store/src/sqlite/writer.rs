@@ -26,12 +26,12 @@
 //!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
 //! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
 //! 4. only then every caller is answered (tokio oneshot) and the change feed published;
-//! 5. each time the WAL has grown by [`CHECKPOINT_FRAMES`], the checkpoint thread is asked to
+//! 5. each time the WAL has grown by [`CHECKPOINT_BYTES`], the checkpoint thread is asked to
 //!    copy it into the database, on its own connection, while commits go on: a checkpoint
 //!    (1,000 pages copied, two fsyncs) takes as long as several batches, and every job
 //!    arriving meanwhile used to wait for it. SQLite only restarts the WAL from its
 //!    beginning at a write that finds every frame copied, which a checkpoint running beside a
-//!    busy writer seldom leaves; so past [`CHECKPOINT_INLINE_FRAMES`] the committing thread
+//!    busy writer seldom leaves; so past [`CHECKPOINT_INLINE_BYTES`] the committing thread
 //!    checkpoints itself after its batch (copying the little the checkpoint thread left),
 //!    and the WAL restarts at the next commit: it stays bounded.
 //!
@@ -65,11 +65,12 @@ const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prepared statements kept per connection (the writer uses about forty).
 const STATEMENT_CACHE: usize = 64;
-/// WAL growth (in pages) after which the checkpoint thread is asked to run: SQLite's
-/// default automatic checkpoint threshold.
-const CHECKPOINT_FRAMES: i32 = 1000;
-/// WAL size (in pages) past which the writer thread checkpoints itself, so the WAL restarts.
-const CHECKPOINT_INLINE_FRAMES: i32 = 4 * CHECKPOINT_FRAMES;
+/// WAL growth (in bytes of pages) after which the checkpoint thread is asked to run: SQLite's
+/// default automatic checkpoint threshold, 1,000 pages of 4 KiB.
+const CHECKPOINT_BYTES: i64 = 1000 * 4096;
+/// WAL size (in bytes of pages) past which the committing thread checkpoints itself, so the
+/// WAL restarts.
+const CHECKPOINT_INLINE_BYTES: i64 = 4 * CHECKPOINT_BYTES;
 
 thread_local! {
     /// Pages in the WAL after this thread's last commit on the writer's connection (set by
@@ -229,8 +230,17 @@ struct Shared {
 /// The connection and its checkpoint bookkeeping, held by whoever is committing.
 struct State {
     conn: Connection,
+    /// [`CHECKPOINT_BYTES`] and [`CHECKPOINT_INLINE_BYTES`] in pages of this database.
+    checkpoint_frames: i32,
+    inline_frames: i32,
     /// The WAL's size when the checkpoint thread was last asked to run.
     requested_at: i32,
+}
+
+/// `bytes` of WAL in pages of `page_size` (the thresholds are kept in bytes: a database
+/// may have pages of any size SQLite allows).
+fn frames_of(bytes: i64, page_size: i64) -> i32 {
+    i32::try_from(bytes / page_size.max(512)).unwrap_or(i32::MAX)
 }
 
 /// Opens the writer's connection to `db` (already created and migrated) and starts the
@@ -243,11 +253,14 @@ pub(super) fn start(
     stats: Arc<WriterStats>,
 ) -> Result<Writer> {
     let conn = open(db)?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let checkpointer = Checkpointer::start(db)?;
     let (tx, rx) = mpsc::channel(depth);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             conn,
+            checkpoint_frames: frames_of(CHECKPOINT_BYTES, page_size),
+            inline_frames: frames_of(CHECKPOINT_INLINE_BYTES, page_size),
             requested_at: 0,
         }),
         queued: AtomicUsize::new(0),
@@ -332,10 +345,10 @@ impl Shared {
         if frames < state.requested_at {
             state.requested_at = 0; // the WAL restarted
         }
-        if frames >= CHECKPOINT_INLINE_FRAMES {
+        if frames >= state.inline_frames {
             state.requested_at = 0;
             checkpoint(&state.conn);
-        } else if frames - state.requested_at >= CHECKPOINT_FRAMES {
+        } else if frames - state.requested_at >= state.checkpoint_frames {
             state.requested_at = frames;
             self.checkpointer.request();
         }
