@@ -588,6 +588,18 @@ fn flag_list(keywords: &BTreeSet<String>) -> String {
 
 /// An unsolicited `FETCH (FLAGS ...)` line: with MODSEQ once CONDSTORE is on (RFC 7162
 /// §3.1.4), with UID once QRESYNC is on (§3.2.4).
+/// The UIDs of the expunge log `gone` (ascending) that `keep` accepts, for `VANISHED
+/// (EARLIER)`; `keep` gets each UID and the value of `*` (the largest UID present or logged).
+fn logged_vanished(gone: &[Uid], max_uid: u32, keep: impl Fn(u32, u32) -> bool) -> String {
+    let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
+    let uids: Vec<u32> = gone
+        .iter()
+        .map(|u| u.0)
+        .filter(|&u| keep(u, largest))
+        .collect();
+    compact(&uids)
+}
+
 fn fetch_flags_line(seq: usize, m: &Msg, condstore: bool, qresync: bool) -> String {
     let mut line = format!("{seq} FETCH (");
     if qresync {
@@ -915,15 +927,7 @@ impl Session<'_> {
                 .is_none_or(|set| set.contains(uid, largest))
         };
         let vanished = match gone {
-            Some(gone) => {
-                let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
-                let uids: Vec<u32> = gone
-                    .iter()
-                    .map(|u| u.0)
-                    .filter(|&u| in_known(u, largest))
-                    .collect();
-                compact(&uids)
-            }
+            Some(gone) => logged_vanished(&gone, max_uid, in_known),
             // The expunge log no longer reaches back to the client's MODSEQ: every UID
             // below UIDNEXT that the client may know and the mailbox does not hold (a
             // client ignores UIDs it never had).
@@ -2357,16 +2361,10 @@ impl Session<'_> {
                     .await?;
                 let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
                 let vanished = match gone {
-                    Some(gone) => {
-                        let largest = gone.last().map_or(max_uid, |u| u.0.max(max_uid));
-                        let uids: Vec<u32> = gone
-                            .iter()
-                            .map(|u| u.0)
-                            .filter(|&u| set.contains(u, largest))
-                            .filter(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err())
-                            .collect();
-                        compact(&uids)
-                    }
+                    Some(gone) => logged_vanished(&gone, max_uid, |u, largest| {
+                        set.contains(u, largest)
+                            && sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err()
+                    }),
                     // The expunge log no longer reaches back to `since`: every UID of the
                     // set this session does not show (the client ignores UIDs it never had).
                     // `*` stands for UIDNEXT-1 here, as the expunged UIDs above the last
