@@ -1222,3 +1222,99 @@ async fn a_new_database_has_eight_kib_pages() {
         .expect("check");
     assert_eq!(check, "ok");
 }
+
+/// Jobs committed together run without savepoints; when one of them fails, the batch runs
+/// again with each job in its own savepoint: the failing job's error is its answer, and the
+/// others are committed whole, once (UIDs follow on, the quota is charged once each).
+#[tokio::test]
+async fn a_failing_job_in_a_shared_commit_is_undone_alone() {
+    let (dir, store) = open().await;
+    let alice = with_user(&*store, "alice@example.org", "x").await;
+    let small = store
+        .add_account(NewAccount {
+            address: addr("small@example.org"),
+            password_hash: "x".into(),
+            display_name: String::new(),
+            quota_bytes: 10,
+        })
+        .await
+        .expect("account");
+    // Another connection holds the write lock, so the writer thread waits in its first
+    // batch while the next jobs queue up behind it and are committed together.
+    let db = dir.path().join("tessera.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).expect("open");
+        c.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        locked_tx.send(()).expect("send");
+        std::thread::sleep(Duration::from_millis(500));
+        c.execute_batch("ROLLBACK").expect("unlock");
+    });
+    locked_rx.recv().expect("locked");
+    let (commits_before, jobs_before) = store.writer_stats();
+    let deliver = |account, text: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.deliver(&[account], msg(text)).await })
+    };
+    let first = deliver(alice, "first");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let batch = [
+        deliver(alice, "second"),
+        deliver(small, "too big for the quota"),
+        deliver(alice, "third"),
+    ];
+    let mut results = vec![first.await.expect("task").expect("deliver")];
+    for task in batch {
+        results.push(task.await.expect("task").expect("deliver"));
+    }
+    holder.join().expect("holder");
+    let (commits, jobs) = store.writer_stats();
+    assert_eq!(jobs - jobs_before, 4);
+    assert_eq!(
+        commits - commits_before,
+        2,
+        "the three queued jobs shared a commit"
+    );
+    let uids: Vec<Option<u32>> = results
+        .iter()
+        .map(|r| r[0].as_ref().ok().map(|a| a.uid.0))
+        .collect();
+    assert_eq!(uids, [Some(1), Some(2), None, Some(3)]);
+    assert!(
+        matches!(
+            results[2][0],
+            Err(StoreError::QuotaExceeded { used: 0, .. })
+        ),
+        "{:?}",
+        results[2][0]
+    );
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    let status = store.mailbox_status(alice, inbox.id).await.expect("status");
+    assert_eq!(status.messages, 3);
+    let used = store
+        .account_by_id(alice)
+        .await
+        .expect("q")
+        .expect("a")
+        .used_bytes;
+    let sizes: u64 = ["first", "second", "third"]
+        .iter()
+        .map(|t| msg(t).bytes.len() as u64)
+        .sum();
+    assert_eq!(used, sizes, "each delivery charged once");
+    assert_eq!(
+        store
+            .account_by_id(small)
+            .await
+            .expect("q")
+            .expect("a")
+            .used_bytes,
+        0
+    );
+    // The failing job had stored its body before the quota refused it: undone too.
+    let c = rusqlite::Connection::open(dir.path().join("tessera.db")).expect("open");
+    let bodies: i64 = c
+        .query_row("SELECT count(*) FROM inline_blobs", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(bodies, 3);
+}

@@ -22,8 +22,10 @@
 //!
 //! 1. bodies larger than [`INLINE_BODY_MAX`] are written as files and made durable with one
 //!    filesystem sync, before any row refers to them (queued path only);
-//! 2. one `BEGIN IMMEDIATE` transaction, each job inside its own SAVEPOINT (a failing job is
-//!    rolled back alone), small bodies inserted into `inline_blobs` by their job;
+//! 2. one `BEGIN IMMEDIATE` transaction, small bodies inserted into `inline_blobs` by their
+//!    job; the jobs run without savepoints, and only when one fails is the transaction
+//!    rolled back and the batch run again with each job in its own SAVEPOINT, so that the
+//!    failing job is rolled back alone;
 //! 3. one COMMIT, i.e. one WAL fsync (`synchronous=FULL`) for the whole batch;
 //! 4. only then every caller is answered (tokio oneshot) and the change feed published;
 //! 5. each time the WAL has grown by [`CHECKPOINT_BYTES`], the checkpoint thread is asked to
@@ -470,23 +472,52 @@ fn run_batch(
         fail_all(batch, &e);
         return;
     }
-    // 2. One transaction, one savepoint per job.
+    // 2. One transaction. The jobs run first without savepoints: a savepoint makes SQLite
+    //    copy every existing page a job touches into its statement journal (about eight
+    //    pages per delivery, most of the batch's memory traffic), and jobs seldom fail. When
+    //    one does, the whole transaction is rolled back and the batch runs again with one
+    //    savepoint per job, so the failure is undone alone. A batch of one needs no
+    //    savepoint at all: its failure rolls back the transaction.
     if !begun && let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         fail_all(batch, &e);
         return;
     }
-    let mut done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> =
-        Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        let mut events = Events::new();
-        let result = in_savepoint(conn, Savepoint::Job, |conn| {
-            apply(conn, job.op, &mut events)
-        });
-        if result.is_err() {
-            events.clear();
+    let isolate = batch.len() > 1;
+    let done = match run_jobs(conn, batch, false) {
+        Ok(done) => done,
+        Err(failed) if !isolate => {
+            if let Err(e) = exec(conn, "ROLLBACK") {
+                tracing::error!(error = %e, "rollback after a failed job failed");
+            }
+            let job = batch.pop();
+            if let Some(job) = job {
+                let _ = job.reply.send(Err(failed));
+            }
+            return;
         }
-        done.push((job.reply, result, events));
-    }
+        Err(_) => {
+            if let Err(e) = exec(conn, "ROLLBACK").and_then(|()| exec(conn, "BEGIN IMMEDIATE")) {
+                fail_all(batch, &e);
+                return;
+            }
+            match run_jobs(conn, batch, true) {
+                Ok(done) => done,
+                Err(e) => {
+                    // Only a savepoint statement itself fails here.
+                    if let Err(e) = exec(conn, "ROLLBACK") {
+                        tracing::error!(error = %e, "rollback after a failed savepoint failed");
+                    }
+                    fail_all(batch, &e);
+                    return;
+                }
+            }
+        }
+    };
+    let done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> = batch
+        .drain(..)
+        .zip(done)
+        .map(|(job, (result, events))| (job.reply, result, events))
+        .collect();
     // 3. Commit: one WAL fsync for the whole batch.
     if let Err(e) = exec(conn, "COMMIT") {
         tracing::error!(error = %e, "batch commit failed");
@@ -508,6 +539,35 @@ fn run_batch(
         }
         let _ = reply.send(result);
     }
+}
+
+/// Runs every job of the batch in the open transaction. Without `isolate`, the first failing
+/// job's error is returned (the transaction must then be rolled back: earlier jobs and part
+/// of the failing one are in it). With `isolate`, each job runs in its own savepoint, a
+/// failing job is undone alone and its error is its result; `Err` then means a savepoint
+/// statement itself failed.
+fn run_jobs(
+    conn: &Connection,
+    batch: &[Job],
+    isolate: bool,
+) -> Result<Vec<(Result<Output>, Events)>> {
+    let mut done = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut events = Events::new();
+        if isolate {
+            exec(conn, Savepoint::Job.sql().0)?;
+            let result = apply(conn, &job.op, &mut events);
+            end_savepoint(conn, Savepoint::Job, result.is_ok())?;
+            if result.is_err() {
+                events.clear();
+            }
+            done.push((result, events));
+        } else {
+            let output = apply(conn, &job.op, &mut events)?;
+            done.push((Ok(output), events));
+        }
+    }
+    Ok(done)
 }
 
 /// Copies the WAL's pages into the database file (PASSIVE: never waits for readers; pages a
@@ -586,62 +646,44 @@ fn end_savepoint(conn: &Connection, level: Savepoint, succeeded: bool) -> Result
     exec(conn, release)
 }
 
-/// Runs `f` inside a savepoint (see [`end_savepoint`]).
-fn in_savepoint<T>(
-    conn: &Connection,
-    level: Savepoint,
-    f: impl FnOnce(&Connection) -> Result<T>,
-) -> Result<T> {
-    exec(conn, level.sql().0)?;
-    let result = f(conn);
-    end_savepoint(conn, level, result.is_ok())?;
-    result
-}
-
-fn apply(conn: &Connection, op: Op, events: &mut Events) -> Result<Output> {
+fn apply(conn: &Connection, op: &Op, events: &mut Events) -> Result<Output> {
     if let Some(blob) = op.blob() {
         store_inline(conn, blob)?;
     }
-    match op {
+    match *op {
         Op::Append {
             account,
             mailbox,
-            blob,
-            message,
+            ref blob,
+            ref message,
         } => append_one(
             conn,
             account,
             Target::Mailbox(mailbox),
             &blob.hash,
-            &message,
+            message,
             events,
         )
         .map(Output::Appended),
         Op::Deliver {
-            accounts,
-            blob,
-            message,
+            ref accounts,
+            ref blob,
+            ref message,
         } => {
             let mut results = Vec::with_capacity(accounts.len());
             if let [account] = accounts[..] {
-                // One recipient: the job's own savepoint undoes a failure.
+                // One recipient: a failure is undone with the job (see `run_jobs`).
                 let appended =
-                    append_one(conn, account, Target::Inbox, &blob.hash, &message, events)?;
+                    append_one(conn, account, Target::Inbox, &blob.hash, message, events)?;
                 results.push(Ok(appended));
             } else {
                 // Several: each account in its own savepoint, so one full mailbox does not
                 // keep the message from the others.
-                for account in accounts {
+                for &account in accounts {
                     exec(conn, Savepoint::Recipient.sql().0)?;
                     let mut mine = Events::new();
-                    let r = append_one(
-                        conn,
-                        account,
-                        Target::Inbox,
-                        &blob.hash,
-                        &message,
-                        &mut mine,
-                    );
+                    let r =
+                        append_one(conn, account, Target::Inbox, &blob.hash, message, &mut mine);
                     end_savepoint(conn, Savepoint::Recipient, r.is_ok())?;
                     if r.is_ok() {
                         events.append(&mut mine);
@@ -654,48 +696,52 @@ fn apply(conn: &Connection, op: Op, events: &mut Events) -> Result<Output> {
         Op::StoreFlags {
             account,
             mailbox,
-            uids,
+            ref uids,
             op,
-            flags,
-        } => store_flags(conn, account, mailbox, &uids, op, &flags, events).map(Output::Flags),
+            ref flags,
+        } => store_flags(conn, account, mailbox, uids, op, flags, events).map(Output::Flags),
         Op::Copy {
             account,
             from,
             to,
-            uids,
+            ref uids,
             remove_source,
-        } => copy(conn, account, from, to, &uids, remove_source, events).map(Output::Copied),
+        } => copy(conn, account, from, to, uids, remove_source, events).map(Output::Copied),
         Op::Expunge {
             account,
             mailbox,
-            uids,
+            ref uids,
             force,
         } => expunge(conn, account, mailbox, uids.as_deref(), force, events).map(Output::Expunged),
         Op::CreateMailbox {
             account,
-            name,
+            ref name,
             special_use,
         } => {
-            let id = create_mailbox(conn, account, &name, special_use)?;
+            let id = create_mailbox(conn, account, name, special_use)?;
             events.push((account, Change::MailboxesChanged));
             Ok(Output::Mailbox(id))
         }
-        Op::DeleteMailbox { account, name } => {
-            delete_mailbox(conn, account, &name)?;
+        Op::DeleteMailbox { account, ref name } => {
+            delete_mailbox(conn, account, name)?;
             events.push((account, Change::MailboxesChanged));
             Ok(Output::Done)
         }
-        Op::RenameMailbox { account, from, to } => {
-            rename_mailbox(conn, account, &from, &to)?;
+        Op::RenameMailbox {
+            account,
+            ref from,
+            ref to,
+        } => {
+            rename_mailbox(conn, account, from, to)?;
             events.push((account, Change::MailboxesChanged));
             Ok(Output::Done)
         }
         Op::Subscribe {
             account,
-            name,
+            ref name,
             subscribed,
         } => {
-            let name = normalize_mailbox_name(&name)?;
+            let name = normalize_mailbox_name(name)?;
             let changed = conn
                 .prepare_cached(
                     "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?",
@@ -719,7 +765,10 @@ fn apply(conn: &Connection, op: Op, events: &mut Events) -> Result<Output> {
             .execute(params![i64::from(uid.0), mailbox.0, account.0])?;
             Ok(Output::Done)
         }
-        Op::Enqueue { blob, message } => enqueue(conn, &blob.hash, &message).map(Output::Queued),
+        Op::Enqueue {
+            ref blob,
+            ref message,
+        } => enqueue(conn, &blob.hash, message).map(Output::Queued),
     }
 }
 
