@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
 
-/// SHA-256 of a message body, the blob's name.
+/// The key of a message body: for a body stored as a file, its SHA-256 (the file's name);
+/// for a small body stored in the database, a unique key in time order
+/// ([`BlobHash::unique`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobHash(pub [u8; 32]);
 
@@ -24,6 +26,26 @@ impl BlobHash {
     /// Hashes `bytes`.
     pub fn of(bytes: &[u8]) -> BlobHash {
         BlobHash(Sha256::digest(bytes).into())
+    }
+
+    /// A new key for a body stored in the database: nanoseconds since the epoch, then a
+    /// random number drawn once per process, then a per-process counter. Keys in time order
+    /// put each new body at the end of the key index, where one page takes a whole batch
+    /// of deliveries; a SHA-256 key put each one on a random page of that index, one more
+    /// page written per message, and cost hashing every body. Small bodies are not worth
+    /// sharing by content.
+    pub fn unique() -> BlobHash {
+        static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let process = *PROCESS.get_or_init(rand::random::<u64>);
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&nanos.to_be_bytes());
+        key[8..16].copy_from_slice(&process.to_be_bytes());
+        key[16..24].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        BlobHash(key)
     }
 
     /// Lower-case hex form.
@@ -48,10 +70,18 @@ pub struct PendingBlob {
 }
 
 impl PendingBlob {
-    /// Hashes `bytes` (CPU work proportional to the size).
+    /// Hashes `bytes` (CPU work proportional to the size): a body to store as a file.
     pub fn new(bytes: Arc<Vec<u8>>) -> PendingBlob {
         PendingBlob {
             hash: BlobHash::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// A body to store in the database, under a new key ([`BlobHash::unique`]).
+    pub fn unique(bytes: Arc<Vec<u8>>) -> PendingBlob {
+        PendingBlob {
+            hash: BlobHash::unique(),
             bytes,
         }
     }
@@ -264,6 +294,31 @@ fn blob_err(path: &Path, e: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys for bodies kept in the database are all different and ascend in their hex form
+    /// (the form the index stores), also across threads, so new bodies go to the end of the
+    /// index.
+    #[test]
+    fn unique_keys_differ_and_ascend() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..2000).map(|_| BlobHash::unique()).collect()))
+            .collect();
+        let mut all: Vec<BlobHash> = Vec::new();
+        for t in threads {
+            let keys: Vec<BlobHash> = t.join().expect("thread");
+            let hex: Vec<String> = keys.iter().map(BlobHash::to_hex).collect();
+            assert!(
+                hex.windows(2).all(|w| w[0] < w[1]),
+                "one thread's keys ascend"
+            );
+            all.extend(keys);
+        }
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "no key repeats");
+        assert_ne!(BlobHash::unique(), BlobHash::of(b""), "not a content hash");
+    }
 
     /// Garbage collection's removal waits while the lock is held (as a delivery keeping the
     /// same file holds it), removes only files old enough, and a young file stays.

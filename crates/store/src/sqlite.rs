@@ -225,6 +225,9 @@ impl SqliteStore {
 
     /// Hashes a body for the writer; large bodies are hashed on a blocking thread.
     async fn pending_blob(&self, bytes: Arc<Vec<u8>>) -> Result<PendingBlob> {
+        if bytes.len() <= INLINE_BODY_MAX {
+            return Ok(PendingBlob::unique(bytes));
+        }
         if bytes.len() < 256 * 1024 {
             return Ok(PendingBlob::new(bytes));
         }
