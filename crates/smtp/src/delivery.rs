@@ -2,7 +2,7 @@
 //! session (which owns the socket) and the store (which owns durability). No I/O on the
 //! connection here.
 //!
-//! - Recipients: hosted addresses resolve through [`Store::resolve_recipient`] (accounts,
+//! - Recipients: hosted addresses resolve through [`Store::route_recipient`] (accounts,
 //!   aliases, catch-alls); unknown hosted addresses are refused at RCPT time (RFC 5321
 //!   §3.3: never accept-then-bounce); other domains are relaying, refused on the MX port
 //!   (RFC 5321 §3.6.2) and queued after AUTH on submission (RFC 6409 §4).
@@ -92,39 +92,23 @@ pub fn may_send_as(allowed: &[AliasSource], address: &Address) -> bool {
         .any(|a| matches!(a, AliasSource::Address(own) if own == address))
 }
 
-/// Whether every one of `accounts` has used all of its quota (0 means unlimited), so not
-/// even an empty message fits. A message that fits the room left at RCPT may still be
-/// refused at DATA when it is larger than that room.
-async fn all_full(store: &dyn Store, accounts: &[AccountId]) -> Result<bool, Failure> {
-    for id in accounts {
-        let full = store
-            .account_by_id(*id)
-            .await?
-            .is_some_and(|a| a.quota_bytes > 0 && a.used_bytes >= a.quota_bytes);
-        if !full {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Decides where a recipient goes, or why it is refused.
 pub async fn route_recipient(
     store: &dyn Store,
     address: &Address,
     submission: bool,
 ) -> Result<Target, Failure> {
-    if store.is_hosted_domain(address.domain()).await? {
-        let accounts = store.resolve_recipient(address).await?;
+    if let Some(accounts) = store.route_recipient(address).await? {
         if accounts.is_empty() {
             return Err(reply::NO_SUCH_USER.into());
         }
-        if all_full(store, &accounts).await? {
+        if accounts.iter().all(|a| a.full) {
             // Refused before DATA, so the sender keeps the message and retries; when only
-            // some of an alias's accounts are full, the others still get it.
+            // some of an alias's accounts are full, the others still get it. A message that
+            // fits the room left at RCPT may still be refused at DATA when it is larger.
             return Err(reply::MAILBOX_FULL_TRY_LATER.into());
         }
-        Ok(Target::Local(accounts))
+        Ok(Target::Local(accounts.iter().map(|a| a.id).collect()))
     } else if submission {
         Ok(Target::Remote)
     } else {

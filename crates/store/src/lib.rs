@@ -82,6 +82,15 @@ pub struct AccountInfo {
     pub used_bytes: u64,
 }
 
+/// One account a recipient address resolves to ([`Store::route_recipient`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientAccount {
+    /// The account.
+    pub id: AccountId,
+    /// It has a quota and has used all of it, so not even an empty message fits.
+    pub full: bool,
+}
+
 /// What `add_account` needs.
 #[derive(Debug, Clone)]
 pub struct NewAccount {
@@ -329,6 +338,24 @@ pub trait Store: AcmeStore + Send + Sync + std::fmt::Debug {
     /// The accounts mail to `address` goes to: the account itself, else its alias
     /// targets, else the domain's catch-all; empty when none. Each account once.
     async fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>>;
+    /// Where mail to `address` goes, as RCPT needs it: `None` when its domain is not hosted;
+    /// else what [`Store::resolve_recipient`] gives (empty: no such recipient), each account
+    /// with whether it has used all of its quota. One read where the backend can: this runs
+    /// for every recipient of every message received.
+    async fn route_recipient(&self, address: &Address) -> Result<Option<Vec<RecipientAccount>>> {
+        if !self.is_hosted_domain(address.domain()).await? {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for id in self.resolve_recipient(address).await? {
+            let full = self
+                .account_by_id(id)
+                .await?
+                .is_some_and(|a| a.quota_bytes > 0 && a.used_bytes >= a.quota_bytes);
+            out.push(RecipientAccount { id, full });
+        }
+        Ok(Some(out))
+    }
     /// Addresses the account may send as: its own and every alias that delivers to it.
     async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>>;
 

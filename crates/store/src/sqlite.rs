@@ -801,6 +801,13 @@ impl Store for SqliteStore {
         self.lookups.resolve_recipient(address)
     }
 
+    async fn route_recipient(
+        &self,
+        address: &Address,
+    ) -> Result<Option<Vec<crate::RecipientAccount>>> {
+        self.lookups.route_recipient(address)
+    }
+
     async fn sender_addresses(&self, account: AccountId) -> Result<Vec<AliasSource>> {
         let own: Option<String> = sqlx::query_scalar("SELECT address FROM accounts WHERE id = ?")
             .bind(account.0)

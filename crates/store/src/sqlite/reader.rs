@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::int;
-use crate::AccountInfo;
 use crate::error::{Result, StoreError};
 use crate::types::{AccountId, Address, Domain};
+use crate::{AccountInfo, RecipientAccount};
 
 /// How long a scan that ran out of its inline budget goes to the blocking pool directly.
 const LARGE_FOR: Duration = Duration::from_secs(60);
@@ -216,12 +216,35 @@ impl Lookups {
 
     /// Whether `name` is a hosted domain.
     pub(super) fn is_hosted_domain(&self, name: &Domain) -> Result<bool> {
+        self.with(|conn| hosted(conn, name))
+    }
+
+    /// [`Store::route_recipient`](crate::Store::route_recipient): the three lookups of
+    /// a RCPT in one read transaction on one connection. Each statement on its own would be
+    /// a transaction of its own, and the first read after every commit (one per message
+    /// under load) starts from an emptied page cache.
+    pub(super) fn route_recipient(
+        &self,
+        address: &Address,
+    ) -> Result<Option<Vec<RecipientAccount>>> {
         self.with(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM domains WHERE name = ?")?
-                .query_row([name.as_str()], |_| Ok(()))
-                .optional()?
-                .is_some())
+            // Rolled back (it only read) when dropped, on every path.
+            let tx = conn.unchecked_transaction()?;
+            if !hosted(&tx, address.domain())? {
+                return Ok(None);
+            }
+            let mut usage = tx.prepare_cached(
+                "SELECT quota_bytes > 0 AND used_bytes >= quota_bytes FROM accounts WHERE id = ?",
+            )?;
+            let mut out = Vec::new();
+            for id in resolve(&tx, address)? {
+                let full: Option<bool> = usage.query_row([id.0], |r| r.get(0)).optional()?;
+                out.push(RecipientAccount {
+                    id,
+                    full: full.unwrap_or(false),
+                });
+            }
+            Ok(Some(out))
         })
     }
 
@@ -252,34 +275,45 @@ impl Lookups {
     /// without its `+tag` (RFC 5233 subaddressing); else the domain's catch-all. Empty:
     /// no such recipient.
     pub(super) fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
-        let mut candidates = vec![address.to_string()];
-        if let Some((base, _tag)) = address.local().split_once('+')
-            && !base.is_empty()
-        {
-            candidates.push(format!("{base}@{}", address.domain()));
-        }
-        self.with(|conn| {
-            let mut account = conn.prepare_cached("SELECT id FROM accounts WHERE address = ?")?;
-            let mut alias = conn.prepare_cached(
-                "SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id",
-            )?;
-            let targets = |source: &str, alias: &mut rusqlite::CachedStatement<'_>| {
-                alias
-                    .query_map([source], |r| r.get(0).map(AccountId))?
-                    .collect::<rusqlite::Result<Vec<AccountId>>>()
-                    .map_err(StoreError::from)
-            };
-            for candidate in &candidates {
-                let id: Option<i64> = account.query_row([candidate], |r| r.get(0)).optional()?;
-                if let Some(id) = id {
-                    return Ok(vec![AccountId(id)]);
-                }
-                let found = targets(candidate, &mut alias)?;
-                if !found.is_empty() {
-                    return Ok(found);
-                }
-            }
-            targets(&format!("@{}", address.domain()), &mut alias)
-        })
+        self.with(|conn| resolve(conn, address))
     }
+}
+
+/// Whether `name` is a hosted domain.
+fn hosted(conn: &Connection, name: &Domain) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM domains WHERE name = ?")?
+        .query_row([name.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// [`Lookups::resolve_recipient`] on `conn`.
+fn resolve(conn: &Connection, address: &Address) -> Result<Vec<AccountId>> {
+    let mut candidates = vec![address.to_string()];
+    if let Some((base, _tag)) = address.local().split_once('+')
+        && !base.is_empty()
+    {
+        candidates.push(format!("{base}@{}", address.domain()));
+    }
+    let mut account = conn.prepare_cached("SELECT id FROM accounts WHERE address = ?")?;
+    let mut alias =
+        conn.prepare_cached("SELECT account_id FROM aliases WHERE source = ? ORDER BY account_id")?;
+    let targets = |source: &str, alias: &mut rusqlite::CachedStatement<'_>| {
+        alias
+            .query_map([source], |r| r.get(0).map(AccountId))?
+            .collect::<rusqlite::Result<Vec<AccountId>>>()
+            .map_err(StoreError::from)
+    };
+    for candidate in &candidates {
+        let id: Option<i64> = account.query_row([candidate], |r| r.get(0)).optional()?;
+        if let Some(id) = id {
+            return Ok(vec![AccountId(id)]);
+        }
+        let found = targets(candidate, &mut alias)?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    targets(&format!("@{}", address.domain()), &mut alias)
 }
