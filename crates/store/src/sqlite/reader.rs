@@ -55,6 +55,8 @@ pub(super) const INLINE_STEPS: i32 = 40_000;
 pub(super) struct Lookups {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Idle connections for the point lookups ([`Lookups::with_point`]): no memory map.
+    idle_points: Mutex<Vec<Connection>>,
     /// [`INLINE_STEPS`], lowered by tests to force the blocking path.
     inline_steps: AtomicI32,
     /// Reads that ran out of their inline budget and were moved to the blocking pool.
@@ -71,6 +73,7 @@ impl Lookups {
         Lookups {
             path: db.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            idle_points: Mutex::new(Vec::new()),
             inline_steps: AtomicI32::new(INLINE_STEPS),
             moved: AtomicU64::new(0),
             blocking_slots: tokio::sync::Semaphore::new(BLOCKING_READS),
@@ -185,13 +188,30 @@ impl Lookups {
 
     /// Runs `f` on an idle connection (opening one if none is idle) and keeps it for reuse.
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        Self::pooled(&self.idle, || self.open(true), f)
+    }
+
+    /// [`Lookups::with`] for the point lookups of SMTP (a few rows through unique indexes),
+    /// on connections that read with `pread`, not through a memory map: SQLite drops its
+    /// whole map at the first read after any commit (and maps the file again), which for
+    /// a lookup of a handful of pages cost several times the reads themselves under a
+    /// steady stream of deliveries (the unmap interrupts every other CPU to flush its TLB).
+    fn with_point<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        Self::pooled(&self.idle_points, || self.open(false), f)
+    }
+
+    fn pooled<T>(
+        pool: &Mutex<Vec<Connection>>,
+        open: impl FnOnce() -> Result<Connection>,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let idle = pool.lock().ok().and_then(|mut v| v.pop());
         let conn = match idle {
             Some(c) => c,
-            None => self.open()?,
+            None => open()?,
         };
         let result = f(&conn);
-        if let Ok(mut v) = self.idle.lock()
+        if let Ok(mut v) = pool.lock()
             && v.len() < KEEP
         {
             v.push(conn);
@@ -199,7 +219,9 @@ impl Lookups {
         result
     }
 
-    fn open(&self) -> Result<Connection> {
+    /// A read-only connection; `mapped`: pages of the database file are read through a memory
+    /// map (up to 1 GiB of it), not a pread each.
+    fn open(&self, mapped: bool) -> Result<Connection> {
         // Opened read-write (a read-only connection cannot recreate the WAL's shared memory
         // file should it be missing) but restricted to queries.
         let conn = Connection::open_with_flags(
@@ -207,37 +229,35 @@ impl Lookups {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Pages of the database file are read through a memory map (up to 1 GiB of it), not a
-        // pread each: every commit empties a reader's page cache, so the first read after a
-        // write used to re-read each page it needed with a system call.
-        conn.execute_batch("PRAGMA query_only = ON; PRAGMA mmap_size = 1073741824;")?;
+        // Mapped for the mailbox reads: every commit empties a reader's page cache, so the
+        // first read after a write used to re-read each page it needed with a system call.
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        if mapped {
+            conn.execute_batch("PRAGMA mmap_size = 1073741824;")?;
+        }
         Ok(conn)
     }
 
     /// Whether `name` is a hosted domain.
     pub(super) fn is_hosted_domain(&self, name: &Domain) -> Result<bool> {
-        self.with(|conn| hosted(conn, name))
+        self.with_point(|conn| hosted(conn, name))
     }
 
     /// [`Store::route_recipient`](crate::Store::route_recipient): the three lookups of
-    /// a RCPT in one read transaction on one connection. Each statement on its own would be
-    /// a transaction of its own, and the first read after every commit (one per message
-    /// under load) starts from an emptied page cache.
+    /// a RCPT on one connection taken once.
     pub(super) fn route_recipient(
         &self,
         address: &Address,
     ) -> Result<Option<Vec<RecipientAccount>>> {
-        self.with(|conn| {
-            // Rolled back (it only read) when dropped, on every path.
-            let tx = conn.unchecked_transaction()?;
-            if !hosted(&tx, address.domain())? {
+        self.with_point(|conn| {
+            if !hosted(conn, address.domain())? {
                 return Ok(None);
             }
-            let mut usage = tx.prepare_cached(
+            let mut usage = conn.prepare_cached(
                 "SELECT quota_bytes > 0 AND used_bytes >= quota_bytes FROM accounts WHERE id = ?",
             )?;
             let mut out = Vec::new();
-            for id in resolve(&tx, address)? {
+            for id in resolve(conn, address)? {
                 let full: Option<bool> = usage.query_row([id.0], |r| r.get(0)).optional()?;
                 out.push(RecipientAccount {
                     id,
@@ -250,7 +270,7 @@ impl Lookups {
 
     /// The account with this id.
     pub(super) fn account_by_id(&self, id: AccountId) -> Result<Option<AccountInfo>> {
-        let row: Option<(String, String, i64, i64)> = self.with(|conn| {
+        let row: Option<(String, String, i64, i64)> = self.with_point(|conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT address, display_name, quota_bytes, used_bytes FROM accounts WHERE id = ?",
@@ -275,7 +295,7 @@ impl Lookups {
     /// without its `+tag` (RFC 5233 subaddressing); else the domain's catch-all. Empty:
     /// no such recipient.
     pub(super) fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
-        self.with(|conn| resolve(conn, address))
+        self.with_point(|conn| resolve(conn, address))
     }
 }
 
