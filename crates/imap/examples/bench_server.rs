@@ -19,8 +19,24 @@ use imap::{ImapConfig, ImapServer};
 use net::{ListenerSpec, LoginThrottle, Shutdown, ThrottleConfig, TlsMode};
 use store::{Address, Domain, NewAccount, NewMessage, SqliteStore, Store};
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // As `tessera serve` does by default, before any thread exists (see `net::sched`).
+    if let Err(e) = net::CpuScheduling::default().apply() {
+        eprintln!("warning: {e}");
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn serve() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!("usage: bench_server DATA_DIR PORT USER:PASSWORD:EML_DIR...");

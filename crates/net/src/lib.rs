@@ -38,11 +38,13 @@
 mod connection;
 mod listener;
 pub mod sasl;
+pub mod sched;
 mod shutdown;
 mod throttle;
 
 pub use connection::{Connection, FillEvent, ReadEvent, TlsInfo};
 pub use listener::{ListenerSpec, Refusal, SessionHandler, TlsMode, bind, serve};
+pub use sched::CpuScheduling;
 pub use shutdown::Shutdown;
 pub use throttle::{LoginThrottle, ThrottleConfig};
 

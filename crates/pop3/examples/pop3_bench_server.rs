@@ -47,8 +47,24 @@ fn args() -> Args {
     args
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // As `tessera serve` does by default, before any thread exists (see `net::sched`).
+    if let Err(e) = net::CpuScheduling::default().apply() {
+        eprintln!("warning: {e}");
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn serve() {
     let args = args();
     let store = SqliteStore::open(&args.data.join("store")).await.unwrap();
     let store: Arc<dyn Store> = store;

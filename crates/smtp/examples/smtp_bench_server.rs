@@ -14,8 +14,18 @@ use net::{ListenerSpec, LoginThrottle, Shutdown, ThrottleConfig, TlsMode};
 use smtp::{SmtpConfig, SmtpMode, SmtpServer};
 use store::{Address, Domain, NewAccount, SqliteStore, Store, password};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `tessera serve` does by default, before any thread exists (see `net::sched`).
+    if let Err(e) = net::CpuScheduling::default().apply() {
+        eprintln!("warning: {e}");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(port)) = (args.get(1), args.get(2)) else {
         eprintln!("usage: smtp_bench_server DATA_DIR PORT [--checks DNS_ADDR]");

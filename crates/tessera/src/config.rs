@@ -24,6 +24,9 @@ pub struct ConfigFile {
     pub hostname: String,
     /// Database, message blobs and local CA; relative to the config file. Default `data`.
     pub data_dir: Option<PathBuf>,
+    /// The threads' CPU scheduling policy: `"batch"` (default, Linux `SCHED_BATCH`: no
+    /// wake-up preemption, see `net::sched`) or `"normal"` (as started).
+    pub cpu_scheduling: Option<String>,
     /// Listener addresses.
     #[serde(default)]
     pub listen: ListenFile,
@@ -323,6 +326,8 @@ pub struct Config {
     pub mta_sts_max_age: u64,
     /// Log filter.
     pub log_level: String,
+    /// The threads' CPU scheduling policy.
+    pub cpu_scheduling: net::CpuScheduling,
     /// The mail host's public addresses from `[dns] addresses` (empty = not configured).
     pub dns_addresses: Vec<std::net::IpAddr>,
     /// Outbound delivery settings.
@@ -543,6 +548,15 @@ impl Config {
         }
 
         let acme = resolve_acme(&file.acme, path, &resolve)?;
+        let cpu_scheduling = match file.cpu_scheduling.as_deref() {
+            None => net::CpuScheduling::default(),
+            Some(value) => net::CpuScheduling::parse(value).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: key `cpu_scheduling` must be \"batch\" or \"normal\", not {value:?}",
+                    path.display()
+                )
+            })?,
+        };
 
         Ok(Config {
             acme,
@@ -563,6 +577,7 @@ impl Config {
             max_connections_per_ip,
             throttle,
             log_level: file.log.level.unwrap_or_else(|| "info".into()),
+            cpu_scheduling,
             dns_addresses: file.dns.addresses.unwrap_or_default(),
             outbound,
         })

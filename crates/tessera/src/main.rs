@@ -66,6 +66,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime exists: its threads, and the store's, inherit the policy.
+    let scheduling = match &cli.command {
+        Command::Demo { .. } => Some(net::CpuScheduling::default()),
+        // A config that does not load is reported by `run`.
+        Command::Serve => config::Config::load(&config::config_path(cli.config.as_deref()))
+            .ok()
+            .map(|c| c.cpu_scheduling),
+        _ => None,
+    };
+    let scheduled = scheduling.map(net::CpuScheduling::apply);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +86,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Err(e)) = scheduled {
+        // Not fatal: the server works under the default policy, only with more context
+        // switches under load. `run` sets up logging, so this goes to stderr.
+        eprintln!("warning: {e}; set cpu_scheduling = \"normal\" to silence this");
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config::Config::load(&config_path)?;
             println!("config:    {}", config.path.display());
             println!("hostname:  {}", config.hostname);
+            println!("cpu:       {} scheduling", config.cpu_scheduling.as_str());
             println!("data_dir:  {}", config.data_dir.display());
             for l in &config.listeners {
                 println!("listen:    {:<12} {}", l.service.key(), l.addr);

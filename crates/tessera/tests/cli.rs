@@ -281,6 +281,19 @@ fn config_errors_name_the_key_and_the_file() {
         "{err}"
     );
 
+    std::fs::write(
+        &config,
+        "hostname = \"mail.example.org\"\ncpu_scheduling = \"fifo\"\n",
+    )
+    .expect("write");
+    let out = run(&config, &["check-config"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("cpu_scheduling") && err.contains("fifo"),
+        "{err}"
+    );
+
     let missing = dir.path().join("missing.toml");
     let out = run(&missing, &["user", "list"], None);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -299,7 +312,9 @@ fn config_errors_name_the_key_and_the_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("mail.example.org"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("mail.example.org"));
+    assert!(stdout.contains("cpu:       batch scheduling"), "{stdout}");
 }
 
 /// Starts `tessera demo` and waits for its banner; returns the child (killed when dropped, so
@@ -395,6 +410,21 @@ fn demo_runs_prints_endpoints_and_is_managed_while_running() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // Every thread of the server (runtime workers, the store's writer and checkpointer)
+    // runs under SCHED_BATCH (policy 3, field 41 of a task's stat).
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.0.id())).expect("tasks");
+    let mut policies = Vec::new();
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (name, fields) = stat.rsplit_once(')').unwrap_or_default();
+        let policy = fields.split_whitespace().nth(38).unwrap_or("?").to_string();
+        policies.push((name.rsplit('(').next().unwrap_or("").to_string(), policy));
+    }
+    assert!(
+        policies.len() >= 4 && policies.iter().all(|(_, p)| p == "3"),
+        "{policies:?}"
+    );
 
     // Management works against the running demo.
     let config = dir.join("tessera.toml");
