@@ -44,7 +44,7 @@ mod throttle;
 
 pub use connection::{Connection, FillEvent, ReadEvent, TlsInfo};
 pub use listener::{ListenerSpec, Refusal, SessionHandler, TlsMode, bind, serve};
-pub use sched::CpuScheduling;
+pub use sched::{CpuScheduling, server_runtime};
 pub use shutdown::Shutdown;
 pub use throttle::{LoginThrottle, ThrottleConfig};
 

@@ -57,6 +57,19 @@ impl CpuScheduling {
     }
 }
 
+/// A multi-threaded tokio runtime (all drivers on) whose threads, and every thread they
+/// start, run under `scheduling`: the policy is applied to the calling thread first. A
+/// policy that cannot be applied is a warning on stderr, not an error: the server works
+/// under the default one, only with more context switches under load.
+pub fn server_runtime(scheduling: CpuScheduling) -> std::io::Result<tokio::runtime::Runtime> {
+    if let Err(e) = scheduling.apply() {
+        eprintln!("warning: {e}; set cpu_scheduling = \"normal\" to silence this");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// Why the policy could not be applied (the server runs on under the default one).
 #[derive(Debug)]
 pub struct SchedError(String);

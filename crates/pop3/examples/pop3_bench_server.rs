@@ -48,14 +48,8 @@ fn args() -> Args {
 }
 
 fn main() {
-    // As `tessera serve` does by default, before any thread exists (see `net::sched`).
-    if let Err(e) = net::CpuScheduling::default().apply() {
-        eprintln!("warning: {e}");
-    }
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Threads under the policy `tessera serve` uses by default (see `net::sched`).
+    match net::server_runtime(net::CpuScheduling::default()) {
         Ok(runtime) => runtime.block_on(serve()),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

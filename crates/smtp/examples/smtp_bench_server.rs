@@ -15,14 +15,8 @@ use smtp::{SmtpConfig, SmtpMode, SmtpServer};
 use store::{Address, Domain, NewAccount, SqliteStore, Store, password};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // As `tessera serve` does by default, before any thread exists (see `net::sched`).
-    if let Err(e) = net::CpuScheduling::default().apply() {
-        eprintln!("warning: {e}");
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve())
+    // Threads under the policy `tessera serve` uses by default (see `net::sched`).
+    net::server_runtime(net::CpuScheduling::default())?.block_on(serve())
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {

@@ -33,6 +33,22 @@ async fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
     (dir, store)
 }
 
+/// Takes the database's write lock from a connection of its own (as the CLI in another
+/// process would), holds it for `held`, then lets it go; returns once the lock is taken.
+fn hold_write_lock(dir: &std::path::Path, held: Duration) -> std::thread::JoinHandle<()> {
+    let db = dir.join("tessera.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).expect("open");
+        c.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        locked_tx.send(()).expect("send");
+        std::thread::sleep(held);
+        c.execute_batch("ROLLBACK").expect("unlock");
+    });
+    locked_rx.recv().expect("locked");
+    holder
+}
+
 async fn with_user(store: &dyn Store, address: &str, password_hash: &str) -> store::AccountId {
     let a = addr(address);
     if !store.is_hosted_domain(a.domain()).await.expect("query") {
@@ -1095,16 +1111,7 @@ async fn a_write_never_waits_for_another_connections_lock_on_the_callers_thread(
         .append(alice, inbox.id, msg("locked"))
         .await
         .expect("append");
-    let db = dir.path().join("tessera.db");
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(db).expect("open");
-        c.execute_batch("BEGIN IMMEDIATE").expect("lock");
-        locked_tx.send(()).expect("send");
-        std::thread::sleep(Duration::from_millis(400));
-        c.execute_batch("ROLLBACK").expect("unlock");
-    });
-    locked_rx.recv().expect("locked");
+    let holder = hold_write_lock(dir.path(), Duration::from_millis(400));
     let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = ticks.clone();
     let ticker = tokio::spawn(async move {
@@ -1241,16 +1248,7 @@ async fn a_failing_job_in_a_shared_commit_is_undone_alone() {
         .expect("account");
     // Another connection holds the write lock, so the writer thread waits in its first
     // batch while the next jobs queue up behind it and are committed together.
-    let db = dir.path().join("tessera.db");
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(db).expect("open");
-        c.execute_batch("BEGIN IMMEDIATE").expect("lock");
-        locked_tx.send(()).expect("send");
-        std::thread::sleep(Duration::from_millis(500));
-        c.execute_batch("ROLLBACK").expect("unlock");
-    });
-    locked_rx.recv().expect("locked");
+    let holder = hold_write_lock(dir.path(), Duration::from_millis(500));
     let (commits_before, jobs_before) = store.writer_stats();
     let deliver = |account, text: &'static str| {
         let store = store.clone();

@@ -66,31 +66,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Before the runtime exists: its threads, and the store's, inherit the policy.
+    // The servers' threads (the runtime's, and the store's, which they start) inherit the
+    // policy, so it is set before the runtime exists; the CLI commands keep the default.
     let scheduling = match &cli.command {
-        Command::Demo { .. } => Some(net::CpuScheduling::default()),
+        Command::Demo { .. } => net::CpuScheduling::default(),
         // A config that does not load is reported by `run`.
         Command::Serve => config::Config::load(&config::config_path(cli.config.as_deref()))
-            .ok()
-            .map(|c| c.cpu_scheduling),
-        _ => None,
+            .map_or(net::CpuScheduling::Normal, |c| c.cpu_scheduling),
+        _ => net::CpuScheduling::Normal,
     };
-    let scheduled = scheduling.map(net::CpuScheduling::apply);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match net::server_runtime(scheduling) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Err(e)) = scheduled {
-        // Not fatal: the server works under the default policy, only with more context
-        // switches under load. `run` sets up logging, so this goes to stderr.
-        eprintln!("warning: {e}; set cpu_scheduling = \"normal\" to silence this");
-    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
