@@ -489,12 +489,13 @@ fn run_batch(
             if let Err(e) = exec(conn, "ROLLBACK") {
                 tracing::error!(error = %e, "rollback after a failed job failed");
             }
-            let job = batch.pop();
-            if let Some(job) = job {
+            if let Some(job) = batch.pop() {
                 let _ = job.reply.send(Err(failed));
             }
             return;
         }
+        // Several jobs, so the writer thread's batch (an inline batch is one job): its
+        // BEGIN may wait for another connection's lock.
         Err(_) => {
             if let Err(e) = exec(conn, "ROLLBACK").and_then(|()| exec(conn, "BEGIN IMMEDIATE")) {
                 fail_all(batch, &e);
@@ -513,7 +514,7 @@ fn run_batch(
             }
         }
     };
-    let done: Vec<(oneshot::Sender<Result<Output>>, Result<Output>, Events)> = batch
+    let done: Vec<_> = batch
         .drain(..)
         .zip(done)
         .map(|(job, (result, events))| (job.reply, result, events))
