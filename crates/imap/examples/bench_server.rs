@@ -19,15 +19,10 @@ use imap::{ImapConfig, ImapServer};
 use net::{ListenerSpec, LoginThrottle, Shutdown, ThrottleConfig, TlsMode};
 use store::{Address, Domain, NewAccount, NewMessage, SqliteStore, Store};
 
-fn main() {
+fn main() -> std::io::Result<()> {
     // Threads under the policy `tessera serve` uses by default (see `net::sched`).
-    match net::server_runtime(net::CpuScheduling::default()) {
-        Ok(runtime) => runtime.block_on(serve()),
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    }
+    net::server_runtime(net::CpuScheduling::default())?.block_on(serve());
+    Ok(())
 }
 
 async fn serve() {
