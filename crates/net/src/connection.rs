@@ -12,8 +12,9 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, timeout};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{NetError, Shutdown};
 
@@ -178,6 +179,11 @@ pub struct Connection {
     handshake_timeout: Duration,
     /// Server shutdown signal.
     shutdown: Shutdown,
+    /// The one timer bounding this connection's reads and writes (see [`IdleTimer`]).
+    timer: IdleTimer,
+    /// A waiter on `shutdown`, registered at the first read that may stop for it and kept for
+    /// the connection's life.
+    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// Set once TLS is up.
     tls_info: Option<Box<TlsInfo>>,
     /// The configuration to offer STARTTLS with, on `TlsMode::StartTls` listeners.
@@ -244,6 +250,8 @@ impl Connection {
             idle_timeout,
             handshake_timeout,
             shutdown,
+            timer: IdleTimer::default(),
+            stop: None,
             tls_info,
             starttls: None,
             span,
@@ -385,22 +393,34 @@ impl Connection {
         if spare < READ_CHUNK / 4 || (want > READ_CHUNK && spare < want) {
             self.buf.reserve(want);
         }
-        let read = timeout_at(deadline, self.stream.read_buf(&mut self.buf));
-        let result = if may_stop {
-            tokio::select! {
-                biased;
-                result = read => result,
-                () = self.shutdown.triggered() => return Ok(FillEvent::Shutdown),
+        let Connection {
+            stream,
+            buf,
+            timer,
+            stop,
+            shutdown,
+            ..
+        } = self;
+        let mut read = std::pin::pin!(stream.read_buf(buf));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                return Poll::Ready(match result {
+                    Ok(0) => Ok(FillEvent::Eof),
+                    Ok(n) => Ok(FillEvent::Read(n)),
+                    Err(err) => Err(NetError::Io(err)),
+                });
             }
-        } else {
-            read.await
-        };
-        match result {
-            Err(_elapsed) => Ok(FillEvent::Timeout),
-            Ok(Ok(0)) => Ok(FillEvent::Eof),
-            Ok(Ok(n)) => Ok(FillEvent::Read(n)),
-            Ok(Err(err)) => Err(NetError::Io(err)),
-        }
+            if may_stop {
+                let stop = stop.get_or_insert_with(|| Box::pin(shutdown.triggered_owned()));
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(FillEvent::Shutdown));
+                }
+            }
+            timer
+                .poll_expired(cx, deadline)
+                .map(|()| Ok(FillEvent::Timeout))
+        })
+        .await
     }
 
     /// After a whole line was taken: frees an emptied buffer bigger than two line-read chunks
@@ -422,24 +442,31 @@ impl Connection {
     /// Writes `bytes` (buffered inside TLS until [`flush`](Self::flush)). Fails with
     /// [`NetError::Timeout`] if the client does not take them within the idle timeout.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        match timeout(self.idle_timeout, self.stream.write_all(bytes)).await {
-            Ok(result) => Ok(result?),
-            Err(_elapsed) => Err(NetError::Timeout),
+        let deadline = Instant::now() + self.idle_timeout;
+        match self
+            .timer
+            .bound(deadline, self.stream.write_all(bytes))
+            .await
+        {
+            Some(result) => Ok(result?),
+            None => Err(NetError::Timeout),
         }
     }
 
     /// Sends everything written so far.
     pub async fn flush(&mut self) -> Result<(), NetError> {
-        match timeout(self.idle_timeout, self.stream.flush()).await {
-            Ok(result) => Ok(result?),
-            Err(_elapsed) => Err(NetError::Timeout),
+        let deadline = Instant::now() + self.idle_timeout;
+        match self.timer.bound(deadline, self.stream.flush()).await {
+            Some(result) => Ok(result?),
+            None => Err(NetError::Timeout),
         }
     }
 
     /// Flushes, sends TLS close_notify if TLS is up, and half-closes the socket. Errors are
     /// ignored: the session is over either way.
     pub async fn close(&mut self) {
-        let _ = timeout(self.idle_timeout, self.stream.shutdown()).await;
+        let deadline = Instant::now() + self.idle_timeout;
+        let _ = self.timer.bound(deadline, self.stream.shutdown()).await;
     }
 
     /// Upgrades the connection to TLS (SMTP STARTTLS, IMAP STARTTLS, POP3 STLS). The session
@@ -575,6 +602,61 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// One timer per connection for its idle timeout, instead of one per read or write.
+///
+/// A session waits on its socket about seven times per SMTP message; a `tokio::time::timeout`
+/// around each wait registered a timer entry and removed it again, each time under the
+/// runtime's timer lock, and sometimes woke the thread parked on the I/O driver to tell it
+/// about a nearer deadline. Here the entry is registered once and stays: each wait passes
+/// its own deadline, and the timer is moved only when that deadline is *earlier* than the
+/// one set (a shorter timeout), or when it fires before the current deadline (the client
+/// was active meanwhile), which happens at most once per timeout period. Operations that
+/// complete without waiting do not touch the timer at all.
+#[derive(Default)]
+struct IdleTimer(Option<Pin<Box<Sleep>>>);
+
+impl IdleTimer {
+    /// Ready once `deadline` has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // It fired for an earlier wait's deadline: wait on for this one.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// `operation`'s output, or `None` if `deadline` passed first.
+    async fn bound<F: Future>(&mut self, deadline: Instant, operation: F) -> Option<F::Output> {
+        let mut operation = std::pin::pin!(operation);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = operation.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            self.poll_expired(cx, deadline).map(|()| None)
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for IdleTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleTimer")
+            .field("deadline", &self.0.as_ref().map(|s| s.deadline()))
+            .finish()
+    }
+}
+
 /// Server side of a TLS handshake, bounded by `limit`.
 pub(crate) async fn handshake(
     tcp: TcpStream,
@@ -594,6 +676,79 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A connection over loopback with the given idle timeout, and its client end.
+    async fn pair(idle: Duration) -> Result<(TcpStream, Connection), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (tcp, _) = listener.accept().await?;
+        Ok((
+            client,
+            Connection::new_plain(tcp, idle, idle, Shutdown::new())?,
+        ))
+    }
+
+    /// The idle timer is set once, for the first wait's deadline; a later wait has a later
+    /// deadline, and the timer firing for the old one must not end it.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_not_cut_short_by_an_earlier_waits_deadline() -> TestResult {
+        let (mut client, mut conn) = pair(Duration::from_secs(10)).await?;
+        let start = Instant::now();
+        let talker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client.write_all(b"ONE\r\n").await?;
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client.write_all(b"TWO\r\n").await?;
+            Ok::<_, io::Error>(client)
+        });
+        assert_eq!(
+            conn.read_line(64).await?,
+            ReadEvent::Line(b"ONE\r\n".to_vec())
+        );
+        // Timer set for 10 s; this wait may last until 18 s.
+        assert_eq!(
+            conn.read_line(64).await?,
+            ReadEvent::Line(b"TWO\r\n".to_vec())
+        );
+        assert!(start.elapsed() >= Duration::from_secs(16));
+        let _client = talker.await??;
+        // A silent client still times out, a whole timeout after its last line.
+        let silent = Instant::now();
+        assert_eq!(conn.read_line(64).await?, ReadEvent::Timeout);
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+            "{waited:?}"
+        );
+        Ok(())
+    }
+
+    /// A shorter timeout after a longer one (SMTP's data timeout after its command timeout)
+    /// moves the timer earlier.
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_timeout_takes_effect_at_once() -> TestResult {
+        let (mut client, mut conn) = pair(Duration::from_secs(100)).await?;
+        let talker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(b"ONE\r\n").await?;
+            Ok::<_, io::Error>(client)
+        });
+        // This read waits, so the timer is set, for 100 s.
+        assert_eq!(
+            conn.read_line(64).await?,
+            ReadEvent::Line(b"ONE\r\n".to_vec())
+        );
+        let _client = talker.await??;
+        conn.set_idle_timeout(Duration::from_secs(5));
+        let silent = Instant::now();
+        assert_eq!(conn.read_line(64).await?, ReadEvent::Timeout);
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
+        Ok(())
+    }
 
     /// The byte-stream view starts with what the line reader had buffered beyond its line, so
     /// a protocol that reads a first line itself and then hands over to a library loses nothing.

@@ -2,10 +2,9 @@
 //! session tasks so the process can wait for them to say goodbye.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 /// A cloneable shutdown handle. Every clone shares the same signal and the same task tracker.
@@ -15,9 +14,8 @@ use tokio_util::task::TaskTracker;
 /// [`wait_sessions`](Self::wait_sessions) with a grace period.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
-    /// `true` once shutdown began. The sender lives as long as any handle, so receivers made
-    /// from it never see the channel close.
-    signal: Arc<watch::Sender<bool>>,
+    /// Cancelled once shutdown began.
+    signal: CancellationToken,
     /// Every session task spawned by [`serve`](crate::serve).
     tracker: TaskTracker,
 }
@@ -31,29 +29,33 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A handle that has not been triggered.
     pub fn new() -> Self {
-        let (signal, _) = watch::channel(false);
         Shutdown {
-            signal: Arc::new(signal),
+            signal: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }
     }
 
     /// Begins shutdown. Idempotent.
     pub fn trigger(&self) {
-        self.signal.send_replace(true);
+        self.signal.cancel();
     }
 
     /// Whether shutdown has begun.
     pub fn is_triggered(&self) -> bool {
-        *self.signal.borrow()
+        self.signal.is_cancelled()
     }
 
     /// Resolves once shutdown has begun (immediately if it already has). Cancel-safe, so it can
     /// sit in a `tokio::select!` next to a protocol's own futures.
     pub async fn triggered(&self) {
-        let mut rx = self.signal.subscribe();
-        // The sender is owned by `self`, so `wait_for` cannot fail while we wait.
-        let _ = rx.wait_for(|started| *started).await;
+        self.signal.cancelled().await;
+    }
+
+    /// [`triggered`](Self::triggered) as a future that owns its handle, for a caller that
+    /// keeps one waiting across many polls (a connection between its reads) instead of
+    /// registering a new waiter each time.
+    pub(crate) fn triggered_owned(&self) -> WaitForCancellationFutureOwned {
+        self.signal.clone().cancelled_owned()
     }
 
     /// Waits until every session task has finished, or until `grace` has passed. Returns `true`

@@ -153,7 +153,8 @@ async fn bind_error_names_protocol_and_address() {
 
 #[test]
 fn connection_struct_is_small() {
-    // Thousands of idle IMAP sessions each hold one; the buffer starts unallocated.
+    // Thousands of idle IMAP sessions each hold one; the buffer starts unallocated, and so
+    // do the idle timer and the shutdown waiter (one pointer each).
     let size = std::mem::size_of::<net::Connection>();
-    assert!(size <= 256, "Connection is {size} bytes");
+    assert!(size <= 272, "Connection is {size} bytes");
 }
