@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -89,10 +89,29 @@ pub trait SessionHandler: Send + Sync + 'static {
     }
 }
 
+/// Connections waiting to be accepted, per listener (the kernel caps it at
+/// `net.core.somaxconn`).
+const BACKLOG: u32 = 1024;
+
 /// Binds the listener's address. The error names the protocol and the address, so a port
 /// already in use or a missing privilege is obvious in the operator's log.
+///
+/// The listening socket has `SO_REUSEADDR` (a restart rebinds at once) and `TCP_NODELAY`:
+/// line protocols write whole replies, which must not wait for the client's ACK of the
+/// previous one. On Linux accepted sockets inherit `TCP_NODELAY`, which saves a
+/// `setsockopt` per connection; elsewhere [`serve`] sets it on each.
 pub async fn bind(spec: &ListenerSpec) -> io::Result<TcpListener> {
-    TcpListener::bind(spec.addr).await.map_err(|err| {
+    let listen = || {
+        let socket = match spec.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(spec.addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|err: io::Error| {
         io::Error::new(
             err.kind(),
             format!("cannot listen for {} on {}: {err}", spec.proto, spec.addr),
@@ -157,8 +176,15 @@ pub async fn serve<H: SessionHandler>(
             },
         };
         backoff = Duration::from_millis(10);
-        let _ = tcp.set_nodelay(true); // line protocols flush whole replies
-        let local = tcp.local_addr().unwrap_or(listen_addr);
+        if !cfg!(target_os = "linux") {
+            let _ = tcp.set_nodelay(true); // inherited from the listener on Linux (see `bind`)
+        }
+        // A listener bound to one address accepts on that address only: no getsockname.
+        let local = if listen_addr.ip().is_unspecified() {
+            tcp.local_addr().unwrap_or(listen_addr)
+        } else {
+            listen_addr
+        };
         let id = next_id();
         let ip_slot = per_ip.try_acquire(peer.ip(), spec.max_per_ip);
         let span =

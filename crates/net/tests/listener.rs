@@ -78,6 +78,33 @@ async fn max_connections_is_backpressure_not_refusal() {
     assert!(line(&mut second).await.unwrap().starts_with("HELLO "));
 }
 
+/// The session is told the address the client connected to (taken from the listener's
+/// address when it is a specific one, without asking the socket).
+#[tokio::test]
+async fn a_session_knows_the_address_it_was_reached_on() {
+    let server = start(spec(TlsMode::None), None, 64).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let greeting = line(&mut client).await.unwrap();
+    assert!(
+        greeting.ends_with(&format!(" {}", server.addr)),
+        "{greeting} (listening on {})",
+        server.addr
+    );
+}
+
+/// Accepted sockets send each reply at once (`TCP_NODELAY`): set on the listening socket,
+/// which Linux copies into every accepted one, so `serve` does not set it per connection.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+    let listener = net::bind(&spec(TlsMode::None)).await.unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    assert!(accepted.nodelay().unwrap());
+}
+
 #[tokio::test]
 async fn connection_ids_are_unique() {
     let server = start(spec(TlsMode::None), None, 64).await;

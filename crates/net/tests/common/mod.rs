@@ -56,7 +56,7 @@ impl SessionHandler for Recorder {
 
 impl Recorder {
     async fn session(&self, conn: &mut Connection) -> Result<(), NetError> {
-        conn.write_all(format!("HELLO {}\r\n", conn.id()).as_bytes())
+        conn.write_all(format!("HELLO {} {}\r\n", conn.id(), conn.local()).as_bytes())
             .await?;
         conn.flush().await?;
         loop {
