@@ -346,6 +346,72 @@ async fn aliases_and_catch_all_resolve_to_accounts_once() {
     ));
 }
 
+/// RCPT's one-call routing gives what the separate lookups give, for every kind of
+/// address: an account's own (one statement in SQLite), with a full quota or not, an alias,
+/// a `+tag`, the catch-all, an unknown address in a hosted domain, another domain.
+#[tokio::test]
+async fn route_recipient_agrees_with_the_separate_lookups() {
+    let (_dir, store) = open().await;
+    store.add_domain(&dom("example.org")).await.expect("domain");
+    let alice = store
+        .add_account(NewAccount {
+            address: addr("alice@example.org"),
+            password_hash: "x".into(),
+            display_name: String::new(),
+            quota_bytes: 100,
+        })
+        .await
+        .expect("account");
+    let inbox = store.mailbox(alice, "INBOX").await.expect("q").expect("m");
+    store
+        .append(alice, inbox.id, NewMessage::now(vec![b'a'; 100]))
+        .await
+        .expect("fills the quota");
+    let bob = with_user(&*store, "bob@example.org", "x").await;
+    let team = AliasSource::parse("team@example.org").expect("alias");
+    for target in ["alice@example.org", "bob@example.org"] {
+        store.add_alias(&team, &addr(target)).await.expect("add");
+    }
+    let separately = async |address: &str| {
+        let address = addr(address);
+        if !store.is_hosted_domain(address.domain()).await.expect("q") {
+            return None;
+        }
+        let mut out = Vec::new();
+        for id in store.resolve_recipient(&address).await.expect("q") {
+            let a = store.account_by_id(id).await.expect("q").expect("account");
+            out.push((id, a.quota_bytes > 0 && a.used_bytes >= a.quota_bytes));
+        }
+        Some(out)
+    };
+    let routed = async |address: &str| {
+        store
+            .route_recipient(&addr(address))
+            .await
+            .expect("route")
+            .map(|v| v.iter().map(|r| (r.id, r.full)).collect::<Vec<_>>())
+    };
+    let expected = [
+        ("alice@example.org", Some(vec![(alice, true)])),
+        ("Bob@Example.org", Some(vec![(bob, false)])),
+        ("bob+tag@example.org", Some(vec![(bob, false)])),
+        ("team@example.org", Some(vec![(alice, true), (bob, false)])),
+        ("nobody@example.org", Some(vec![])),
+        ("bob@other.org", None),
+    ];
+    for (address, want) in &expected {
+        assert_eq!(&routed(address).await, want, "{address}");
+        assert_eq!(&separately(address).await, want, "{address}");
+    }
+    let catch_all = AliasSource::parse("@example.org").expect("catch-all");
+    store
+        .add_alias(&catch_all, &addr("bob@example.org"))
+        .await
+        .expect("add");
+    assert_eq!(routed("nobody@example.org").await, Some(vec![(bob, false)]));
+    assert_eq!(routed("alice@example.org").await, Some(vec![(alice, true)]));
+}
+
 #[tokio::test]
 async fn append_assigns_ascending_uids_and_is_scoped_to_the_account() {
     let (_dir, store) = open().await;

@@ -243,13 +243,29 @@ impl Lookups {
         self.with_point(|conn| hosted(conn, name))
     }
 
-    /// [`Store::route_recipient`](crate::Store::route_recipient): the three lookups of
-    /// a RCPT on one connection taken once.
+    /// [`Store::route_recipient`](crate::Store::route_recipient) on one connection taken
+    /// once. The usual recipient, an account's own address, is one statement: an account
+    /// exists only in a hosted domain (a domain with accounts cannot be removed), so its row
+    /// answers all three questions (hosted? whose? full?). Anything else (aliases,
+    /// `+tag`s, catch-alls, unknown addresses) takes the three lookups.
     pub(super) fn route_recipient(
         &self,
         address: &Address,
     ) -> Result<Option<Vec<RecipientAccount>>> {
         self.with_point(|conn| {
+            let own: Option<(i64, bool)> = conn
+                .prepare_cached(
+                    "SELECT id, quota_bytes > 0 AND used_bytes >= quota_bytes \
+                     FROM accounts WHERE address = ?",
+                )?
+                .query_row([address.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((id, full)) = own {
+                return Ok(Some(vec![RecipientAccount {
+                    id: AccountId(id),
+                    full,
+                }]));
+            }
             if !hosted(conn, address.domain())? {
                 return Ok(None);
             }
