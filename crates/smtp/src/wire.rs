@@ -176,6 +176,11 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Room a [`DataDecoder`] starts with: most mail fits, so the body is not copied over and
+/// over as it grows (each growth a `realloc`, which on a thread other than the one that
+/// allocated waits for that thread's malloc arena).
+const DATA_INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// RFC 5321 §4.1.1.4 / §4.5.2 DATA decoder: removes dot-stuffing, ends only at
 /// `CRLF . CRLF` (never at `LF . LF`, `LF . CRLF`, `CR . CRLF` or `CRLF . CR CR LF`: SMTP
 /// smuggling), and keeps at most `limit` bytes while still finding the end of an oversized
@@ -222,7 +227,7 @@ impl DataDecoder {
             // The DATA command's own CRLF precedes the first line, so a first line of "."
             // ends an empty message and ".." is unstuffed.
             state: DataState::LineStart,
-            body: Vec::new(),
+            body: Vec::with_capacity(DATA_INITIAL_CAPACITY.min(limit)),
             too_big: false,
             limit,
         }
