@@ -148,10 +148,13 @@ pub async fn serve<H: SessionHandler>(
     let mut backoff = Duration::from_millis(10);
     tracing::info!(proto, addr = %listen_addr, "listening");
 
+    // One waiter for the listener's life, not one per select (a lock each to register and
+    // to remove, twice per connection).
+    let mut stopped = std::pin::pin!(shutdown.triggered_owned());
     loop {
         let permit = tokio::select! {
             biased;
-            () = shutdown.triggered() => break,
+            () = &mut stopped => break,
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_closed) => break, // never closed; here for completeness
@@ -159,7 +162,7 @@ pub async fn serve<H: SessionHandler>(
         };
         let (tcp, peer) = tokio::select! {
             biased;
-            () = shutdown.triggered() => break,
+            () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -167,7 +170,7 @@ pub async fn serve<H: SessionHandler>(
                     // off rather than spin.
                     tracing::warn!(proto, %err, "accept failed");
                     tokio::select! {
-                        () = shutdown.triggered() => break,
+                        () = &mut stopped => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
