@@ -649,14 +649,6 @@ impl IdleTimer {
     }
 }
 
-impl std::fmt::Debug for IdleTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleTimer")
-            .field("deadline", &self.0.as_ref().map(|s| s.deadline()))
-            .finish()
-    }
-}
-
 /// Server side of a TLS handshake, bounded by `limit`.
 pub(crate) async fn handshake(
     tcp: TcpStream,
