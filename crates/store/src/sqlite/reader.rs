@@ -273,7 +273,8 @@ impl Lookups {
                 "SELECT quota_bytes > 0 AND used_bytes >= quota_bytes FROM accounts WHERE id = ?",
             )?;
             let mut out = Vec::new();
-            for id in resolve(conn, address)? {
+            // The exact address was just looked up as an account: `resolve` skips that step.
+            for id in resolve(conn, address, true)? {
                 let full: Option<bool> = usage.query_row([id.0], |r| r.get(0)).optional()?;
                 out.push(RecipientAccount {
                     id,
@@ -311,7 +312,7 @@ impl Lookups {
     /// without its `+tag` (RFC 5233 subaddressing); else the domain's catch-all. Empty:
     /// no such recipient.
     pub(super) fn resolve_recipient(&self, address: &Address) -> Result<Vec<AccountId>> {
-        self.with_point(|conn| resolve(conn, address))
+        self.with_point(|conn| resolve(conn, address, false))
     }
 }
 
@@ -324,8 +325,13 @@ fn hosted(conn: &Connection, name: &Domain) -> Result<bool> {
         .is_some())
 }
 
-/// [`Lookups::resolve_recipient`] on `conn`.
-fn resolve(conn: &Connection, address: &Address) -> Result<Vec<AccountId>> {
+/// [`Lookups::resolve_recipient`] on `conn`. With `known_not_account`, the caller has just
+/// found that `address` itself is no account's address, and that lookup is not repeated.
+fn resolve(
+    conn: &Connection,
+    address: &Address,
+    known_not_account: bool,
+) -> Result<Vec<AccountId>> {
     let mut candidates = vec![address.to_string()];
     if let Some((base, _tag)) = address.local().split_once('+')
         && !base.is_empty()
@@ -341,10 +347,12 @@ fn resolve(conn: &Connection, address: &Address) -> Result<Vec<AccountId>> {
             .collect::<rusqlite::Result<Vec<AccountId>>>()
             .map_err(StoreError::from)
     };
-    for candidate in &candidates {
-        let id: Option<i64> = account.query_row([candidate], |r| r.get(0)).optional()?;
-        if let Some(id) = id {
-            return Ok(vec![AccountId(id)]);
+    for (i, candidate) in candidates.iter().enumerate() {
+        if !(i == 0 && known_not_account) {
+            let id: Option<i64> = account.query_row([candidate], |r| r.get(0)).optional()?;
+            if let Some(id) = id {
+                return Ok(vec![AccountId(id)]);
+            }
         }
         let found = targets(candidate, &mut alias)?;
         if !found.is_empty() {
