@@ -118,8 +118,15 @@ impl Verifier {
                 dmarc_reject = Some(dmarc.domain().to_string());
             }
         }
+        let mut header = results.to_header();
+        // RFC 8601 §2.7.1: an unsigned message's DKIM verdict is "none". mail-auth writes no
+        // DKIM entry then; name it, so the header always carries all four methods.
+        if parsed.is_some() && dkim.is_empty() && header.ends_with("\r\n") {
+            header.truncate(header.len() - 2);
+            header.push_str(";\r\n\tdkim=none (message not signed)\r\n");
+        }
         Verdicts {
-            header: results.to_header(),
+            header,
             dmarc_reject,
         }
     }
